@@ -1,0 +1,61 @@
+"""Who is calling: SO_PEERCRED on the control connection, and whether they may act."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import socket
+import struct
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Caller:
+    pid: int
+    uid: int
+    gid: int
+    groups: frozenset[int] = field(default_factory=frozenset)
+
+    @property
+    def user(self) -> str:
+        try:
+            return pwd.getpwuid(self.uid).pw_name
+        except KeyError:
+            return str(self.uid)
+
+    def describe(self) -> str:
+        return f"{self.user} (uid {self.uid}, pid {self.pid})"
+
+
+def peer_caller(sock: socket.socket) -> Caller:
+    """The kernel's word on who connected; unlike anything the client sends, it cannot be forged."""
+    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return Caller(pid=pid, uid=uid, gid=gid, groups=frozenset(_process_groups(pid, uid, gid)))
+
+
+def _process_groups(pid: int, uid: int, gid: int) -> set[int]:
+    # The process's own supplementary groups are the truth; the group database is the fallback
+    # for a caller that has already exited.
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("Groups:"):
+                    return {gid, *map(int, line.split()[1:])}
+    except OSError:
+        pass
+    try:
+        return {gid, *os.getgrouplist(pwd.getpwuid(uid).pw_name, gid)}
+    except KeyError:
+        return {gid}
+
+
+def group_id(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+def is_authorized(caller: Caller, control_gid: int | None) -> bool:
+    return caller.uid == 0 or (control_gid is not None and control_gid in caller.groups)

@@ -1,0 +1,187 @@
+"""bloom-agent, the daemon: one asyncio loop, signals queued and dispatched to ``handle_*``.
+
+Start-up order matters to systemd: configuration loaded and state opened *before* READY=1, so
+``systemctl start`` returns only for an agent that can really serve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__, commands, config as config_mod, listener, logs
+from .auth import Caller, group_id
+from .control import ControlServer, unknown_command
+from .errors import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, BloomError, ConfigError
+from .notify import Notifier
+from .protocol import Request
+from .state import StateStore, utcnow
+
+log = logging.getLogger("bloom_agent")
+
+# Graceful shutdown waits this long for in-flight requests; a second signal cuts it short.
+SHUTDOWN_GRACE = 10.0
+# Without a watchdog the loop still wakes now and then; it costs nothing and keeps the code path hot.
+IDLE_TICK = 30.0
+
+
+class Agent:
+    def __init__(self, config: config_mod.AgentConfig, store: StateStore, notifier: Notifier,
+                 sock: socket.socket) -> None:
+        self.config = config
+        self.store = store
+        self.notifier = notifier
+        self.started_at = utcnow()
+        self.started_monotonic = time.monotonic()
+        self.config_loaded_at = self.started_at
+        self.state_text = "starting"
+        self._signals: asyncio.Queue[int] = asyncio.Queue()
+        self._stopping = False
+        self.control = ControlServer(
+            sock,
+            self.dispatch,
+            control_gid=lambda: group_id(self.config.control_group),
+            max_request_bytes=lambda: self.config.max_request_bytes,
+        )
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            # Handlers only queue; all work happens in the loop below.
+            loop.add_signal_handler(sig, self._signals.put_nowait, sig)
+        await self.control.start()
+        self.store.record_agent_event("start", __version__)
+        self._set_state("idle")
+        self.notifier.ready(self._status_line())
+        log.info("bloom-agent %s ready (config %s, state %s)", __version__, self.config.path, self.config.state_db)
+        tick = min(self.notifier.watchdog_interval or IDLE_TICK, IDLE_TICK)
+        while not self._stopping:
+            try:
+                sig = await asyncio.wait_for(self._signals.get(), timeout=tick)
+            except asyncio.TimeoutError:
+                sig = None
+            self.notifier.watchdog()
+            if sig is not None:
+                self.handle_signal(sig)
+        return await self._shutdown()
+
+    def handle_signal(self, sig: int) -> None:
+        handler = {signal.SIGHUP: self.handle_hup, signal.SIGTERM: self.handle_term, signal.SIGINT: self.handle_term}
+        handler[sig]()
+
+    def handle_term(self) -> None:
+        log.info("stopping on request")
+        self._stopping = True
+
+    def handle_hup(self) -> None:
+        self.notifier.reloading()
+        self.reload_config()
+        self.notifier.ready(self._status_line())
+
+    async def _shutdown(self) -> int:
+        self._set_state("stopping")
+        self.notifier.stopping()
+        closing = asyncio.ensure_future(self.control.close(SHUTDOWN_GRACE))
+        second_signal = asyncio.ensure_future(self._signals.get())
+        done, _ = await asyncio.wait({closing, second_signal}, return_when=asyncio.FIRST_COMPLETED)
+        if second_signal in done and not closing.done():
+            log.warning("second signal: stopping now without waiting for requests in flight")
+            closing.cancel()
+        second_signal.cancel()
+        self.store.record_agent_event("stop", __version__)
+        self.store.close()
+        log.info("stopped")
+        return EXIT_OK
+
+    # -- configuration ----------------------------------------------------------------------
+
+    def reload_config(self) -> bool:
+        try:
+            new = config_mod.load(self.config.path)
+        except ConfigError as err:
+            log.error("configuration not reloaded, keeping the running one: %s", err)
+            self.store.record_agent_event("reload-refused", __version__, str(err))
+            return False
+        for key in ("state_dir", "control_socket"):
+            if getattr(new, key) != getattr(self.config, key):
+                log.warning("agent.%s changed; it takes effect when the agent restarts", key)
+        # Keep the paths in use until restart; everything else applies now.
+        self.config = config_mod.AgentConfig(
+            path=new.path, state_dir=self.config.state_dir, control_socket=self.config.control_socket,
+            control_group=new.control_group, max_request_bytes=new.max_request_bytes,
+            log_level=new.log_level, from_file=new.from_file,
+        )
+        logs.set_level(new.log_level)
+        self.config_loaded_at = utcnow()
+        self.store.record_agent_event("reload", __version__)
+        log.info("configuration reloaded from %s", new.path)
+        return True
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def dispatch(self, caller: Caller, request: Request) -> Any:
+        handler = commands.COMMANDS.get(request.command)
+        if handler is None:
+            raise unknown_command(request.command, list(commands.COMMANDS))
+        return handler(self, caller, request.args)
+
+    def _set_state(self, text: str) -> None:
+        self.state_text = text
+        self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        return f"{self.state_text}; no apps configured"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bloom-agent", description="bloom-agent release switcher daemon")
+    parser.add_argument("--config", type=Path, default=None,
+                        help=f"configuration file (default: ${config_mod.CONFIG_ENV} or {config_mod.DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
+    parser.add_argument("--version", action="version", version=f"bloom-agent {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logs.setup("info")
+    path = args.config or config_mod.default_path()
+    try:
+        cfg = config_mod.load(path)
+    except ConfigError as err:
+        log.error("refusing to start: %s", err)
+        return EXIT_CONFIG
+    if args.check_config:
+        print(f"{path}: OK" if cfg.from_file else f"{path}: not present, all defaults")
+        return EXIT_OK
+    logs.set_level(cfg.log_level)
+    try:
+        store = StateStore(cfg.state_db)
+        sock = listener.inherited()
+        bound_here = sock is None
+        if bound_here:
+            sock = listener.bind(cfg.control_socket, cfg.control_group)
+    except BloomError as err:
+        log.error("refusing to start: %s", err)
+        return err.exit_code
+    agent = Agent(cfg, store, Notifier(), sock)
+    try:
+        return asyncio.run(agent.run())
+    except BloomError as err:
+        log.error("%s", err)
+        return err.exit_code or EXIT_ERROR
+    finally:
+        if bound_here:  # systemd's socket outlives us; one we bound ourselves does not
+            cfg.control_socket.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

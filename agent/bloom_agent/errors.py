@@ -1,0 +1,91 @@
+"""Typed errors. Each owns its message, an optional hint for the operator, and an exit code.
+
+Library code raises these; only the CLI entry points turn them into ``sys.exit``.
+The ``code`` travels over the control protocol so a client can rebuild the same error.
+"""
+
+from __future__ import annotations
+
+import os
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+# sysexits.h EX_CONFIG: the unit sets RestartPreventExitStatus=78, so systemd does not loop on it.
+EXIT_CONFIG = os.EX_CONFIG if hasattr(os, "EX_CONFIG") else 78
+
+
+class BloomError(Exception):
+    """Base of every error the agent or bloomctl reports to a person."""
+
+    code = "error"
+    exit_code = EXIT_ERROR
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n{self.hint}"
+
+    def to_wire(self) -> dict:
+        return {"code": self.code, "message": self.message, "hint": self.hint}
+
+
+class ConfigError(BloomError):
+    code = "config"
+    exit_code = EXIT_CONFIG
+
+
+class AgentNotRunning(BloomError):
+    code = "not_running"
+
+    def __init__(self, socket_path: str) -> None:
+        super().__init__(
+            "bloom-agent is not running (start it with: systemctl start bloom-agent)",
+            hint=f"no agent answers on {socket_path}",
+        )
+
+
+class PermissionDenied(BloomError):
+    code = "permission_denied"
+
+
+class ProtocolError(BloomError):
+    code = "protocol"
+
+
+class RequestTooLarge(ProtocolError):
+    code = "request_too_large"
+
+
+class UnknownCommand(ProtocolError):
+    code = "unknown_command"
+
+
+class InvalidArguments(BloomError):
+    code = "invalid_arguments"
+    exit_code = EXIT_USAGE
+
+
+_BY_CODE = {
+    cls.code: cls
+    for cls in (
+        BloomError,
+        ConfigError,
+        PermissionDenied,
+        ProtocolError,
+        RequestTooLarge,
+        UnknownCommand,
+        InvalidArguments,
+    )
+}
+
+
+def from_wire(payload: dict) -> BloomError:
+    """Rebuild an error sent by the agent; unknown codes become a plain BloomError."""
+    cls = _BY_CODE.get(payload.get("code", ""), BloomError)
+    err = BloomError.__new__(cls)
+    BloomError.__init__(err, str(payload.get("message", "unknown error")), payload.get("hint"))
+    return err

@@ -1,0 +1,72 @@
+"""The control protocol: newline-delimited JSON over a Unix stream socket, versioned.
+
+A client sends one request line ``{"v": 1, "command": ..., "args": {...}}``. The agent answers with
+zero or more progress lines ``{"v": 1, "progress": {...}}`` and one final line, either
+``{"v": 1, "ok": true, "result": ...}`` or ``{"v": 1, "ok": false, "error": {code, message, hint}}``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import BloomError, ProtocolError
+
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Request:
+    command: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+def encode(message: dict) -> bytes:
+    return json.dumps({"v": VERSION, **message}, separators=(",", ":")).encode() + b"\n"
+
+
+def encode_request(command: str, args: dict[str, Any] | None = None) -> bytes:
+    return encode({"command": command, "args": args or {}})
+
+
+def decode_request(line: bytes) -> Request:
+    try:
+        message = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"request is not valid JSON: {exc}") from exc
+    if not isinstance(message, dict):
+        raise ProtocolError("request must be a JSON object")
+    if message.get("v") != VERSION:
+        raise ProtocolError(
+            f"unsupported protocol version {message.get('v')!r}; this agent speaks version {VERSION}",
+            hint="use the bloomctl that came with this bloom-agent",
+        )
+    command, args = message.get("command"), message.get("args", {})
+    if not isinstance(command, str) or not command:
+        raise ProtocolError("request has no 'command'")
+    if not isinstance(args, dict):
+        raise ProtocolError("request 'args' must be a JSON object")
+    return Request(command=command, args=args)
+
+
+def ok(result: Any) -> bytes:
+    return encode({"ok": True, "result": result})
+
+
+def error(err: BloomError) -> bytes:
+    return encode({"ok": False, "error": err.to_wire()})
+
+
+def progress(payload: dict) -> bytes:
+    return encode({"progress": payload})
+
+
+def decode_response(line: bytes) -> dict:
+    try:
+        message = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"agent sent an invalid response: {exc}") from exc
+    if not isinstance(message, dict) or message.get("v") != VERSION:
+        raise ProtocolError("agent answered with an unknown protocol version; bloomctl and bloom-agent differ")
+    return message

@@ -1,0 +1,90 @@
+"""Strict validation of TOML tables against a declared set of fields.
+
+One error names the file, the dotted key and what is wrong with it; unknown keys are errors,
+because a misspelt key silently ignored is how a production setting goes missing.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: type
+    default: Any
+    check: Callable[[Any], str | None] | None = None  # returns a problem description, or None
+
+    def parse(self, value: Any, where: str) -> Any:
+        # TOML integers are acceptable where a number is expected; bool is an int subclass and is not.
+        ok = isinstance(value, self.type) and not (self.type is not bool and isinstance(value, bool))
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise ConfigError(
+                f"{where}: must be {_TYPE_NAMES.get(self.type, self.type.__name__)}, "
+                f"got {_describe(value)}"
+            )
+        if self.check is not None:
+            problem = self.check(value)
+            if problem:
+                raise ConfigError(f"{where}: {problem}")
+        return value
+
+
+def _describe(value: Any) -> str:
+    for t, name in _TYPE_NAMES.items():
+        if isinstance(value, t):
+            return f"{name.split(' ', 1)[1]} {value!r}"
+    return repr(value)
+
+
+def read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}", hint="fix the syntax and try again") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+
+
+def parse_table(table: Any, fields: list[Field], path: Path, prefix: str = "") -> dict[str, Any]:
+    """Return {name: value} for every field, defaults filled in; raise ConfigError on any problem."""
+    where_table = f"{path}: [{prefix.rstrip('.')}]" if prefix else f"{path}"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where_table}: must be a table, got {_describe(table)}")
+    known = {f.name: f for f in fields}
+    for key in table:
+        if key not in known:
+            raise ConfigError(
+                f"{path}: unknown key '{prefix}{key}'",
+                hint="known keys: " + ", ".join(sorted(known)),
+            )
+    return {
+        f.name: f.parse(table[f.name], f"{path}: key '{prefix}{f.name}'") if f.name in table else f.default
+        for f in fields
+    }
+
+
+def check_positive(value: int | float) -> str | None:
+    return None if value > 0 else f"must be greater than 0, got {value}"
+
+
+def check_absolute_path(value: str) -> str | None:
+    return None if value.startswith("/") else f"must be an absolute path, got {value!r}"
+
+
+def check_choice(*choices: str) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}; got {value!r}"
+
+    return check
