@@ -21,7 +21,7 @@ Dispatch = Callable[[Caller, protocol.Request], Awaitable[Any]]
 
 class ControlServer:
     def __init__(self, sock: socket.socket, dispatch: Dispatch, *, control_gid: Callable[[], int | None],
-                 max_request_bytes: Callable[[], int]) -> None:
+                 max_request_bytes: int) -> None:
         self._sock = sock
         self._dispatch = dispatch
         self._control_gid = control_gid
@@ -32,7 +32,7 @@ class ControlServer:
     async def start(self) -> None:
         self._sock.setblocking(False)
         self._server = await asyncio.start_unix_server(
-            self._handle, sock=self._sock, limit=self._max_request_bytes() + 1
+            self._handle, sock=self._sock, limit=self._max_request_bytes + 1
         )
 
     async def close(self, grace: float) -> None:
@@ -84,7 +84,7 @@ class ControlServer:
             log.info("%s went away before the answer", caller.describe())
 
     async def _read_request(self, reader: asyncio.StreamReader) -> bytes:
-        limit = self._max_request_bytes()
+        limit = self._max_request_bytes
         try:
             line = await asyncio.wait_for(reader.readuntil(b"\n"), REQUEST_READ_TIMEOUT)
         except asyncio.LimitOverrunError:
@@ -93,8 +93,6 @@ class ControlServer:
             raise ProtocolError("connection closed before a complete request line") from exc
         except asyncio.TimeoutError:
             raise ProtocolError(f"no request within {REQUEST_READ_TIMEOUT:.0f} s") from None
-        if len(line) > limit + 1:
-            raise RequestTooLarge(f"request larger than {limit} bytes (agent.max_request_bytes)")
         return line
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import socket
@@ -29,6 +30,8 @@ log = logging.getLogger("bloom_agent")
 SHUTDOWN_GRACE = 10.0
 # Without a watchdog the loop still wakes now and then; it costs nothing and keeps the code path hot.
 IDLE_TICK = 30.0
+# Settings bound into open resources (the database, the listening socket and its stream limit).
+RESTART_ONLY = ("state_dir", "control_socket", "max_request_bytes")
 
 
 class Agent:
@@ -47,7 +50,7 @@ class Agent:
             sock,
             self.dispatch,
             control_gid=lambda: group_id(self.config.control_group),
-            max_request_bytes=lambda: self.config.max_request_bytes,
+            max_request_bytes=config.max_request_bytes,
         )
 
     # -- the loop ---------------------------------------------------------------------------
@@ -110,15 +113,10 @@ class Agent:
             log.error("configuration not reloaded, keeping the running one: %s", err)
             self.store.record_agent_event("reload-refused", __version__, str(err))
             return False
-        for key in ("state_dir", "control_socket"):
+        for key in RESTART_ONLY:
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("agent.%s changed; it takes effect when the agent restarts", key)
-        # Keep the paths in use until restart; everything else applies now.
-        self.config = config_mod.AgentConfig(
-            path=new.path, state_dir=self.config.state_dir, control_socket=self.config.control_socket,
-            control_group=new.control_group, max_request_bytes=new.max_request_bytes,
-            log_level=new.log_level, from_file=new.from_file,
-        )
+        self.config = dataclasses.replace(new, **{key: getattr(self.config, key) for key in RESTART_ONLY})
         logs.set_level(new.log_level)
         self.config_loaded_at = utcnow()
         self.store.record_agent_event("reload", __version__)

@@ -1,0 +1,25 @@
+import os
+import socket
+
+from bloom_agent.auth import Caller, is_authorized, peer_caller
+
+
+def test_root_is_always_authorized():
+    assert is_authorized(Caller(pid=1, uid=0, gid=0), control_gid=None)
+
+
+def test_member_of_control_group_is_authorized():
+    assert is_authorized(Caller(pid=1, uid=1000, gid=1000, groups=frozenset({1000, 990})), control_gid=990)
+
+
+def test_others_are_refused():
+    assert not is_authorized(Caller(pid=1, uid=1000, gid=1000, groups=frozenset({1000})), control_gid=990)
+    assert not is_authorized(Caller(pid=1, uid=1000, gid=1000, groups=frozenset({1000})), control_gid=None)
+
+
+def test_peer_caller_reads_the_kernel_credentials():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        caller = peer_caller(a)
+    assert (caller.pid, caller.uid, caller.gid) == (os.getpid(), os.getuid(), os.getgid())
+    assert set(os.getgroups()) <= caller.groups

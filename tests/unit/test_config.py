@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+
+from bloom_agent import config
+from bloom_agent.errors import EXIT_CONFIG, ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return path
+
+
+def test_missing_file_means_defaults(tmp_path):
+    cfg = config.load(tmp_path / "absent.toml")
+    assert cfg.from_file is False
+    assert cfg.state_dir == Path("/var/lib/bloom")
+    assert cfg.control_socket == Path("/run/bloom/control.sock")
+    assert cfg.control_group == "bloom"
+    assert cfg.state_db == Path("/var/lib/bloom/state.db")
+
+
+def test_shipped_config_is_valid_and_all_defaults():
+    shipped = Path(__file__).resolve().parents[2] / "conf" / "agent.toml"
+    cfg = config.load(shipped)
+    assert cfg.from_file is True
+    assert (cfg.state_dir, cfg.control_group, cfg.log_level) == (Path("/var/lib/bloom"), "bloom", "info")
+
+
+def test_values_are_read(tmp_path):
+    cfg = config.load(write(tmp_path, '[agent]\nstate_dir = "/srv/bloom"\nmax_request_bytes = 4096\nlog_level = "debug"\n'))
+    assert cfg.state_dir == Path("/srv/bloom")
+    assert cfg.max_request_bytes == 4096
+    assert cfg.log_level == "debug"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[agent]\nmax_request_bytes = \"big\"\n", "key 'agent.max_request_bytes': must be an integer, got string 'big'"),
+        ("[agent]\nmax_request_bytes = 0\n", "key 'agent.max_request_bytes': must be greater than 0, got 0"),
+        ("[agent]\nmax_request_bytes = true\n", "key 'agent.max_request_bytes': must be an integer, got boolean True"),
+        ("[agent]\nstate_dir = \"relative/path\"\n", "key 'agent.state_dir': must be an absolute path"),
+        ("[agent]\nlog_level = \"loud\"\n", "key 'agent.log_level': must be one of debug, info, warning, error; got 'loud'"),
+        ("[agent]\nsate_dir = \"/x\"\n", "unknown key 'agent.sate_dir'"),
+        ("[agnet]\n", "unknown table or key 'agnet'"),
+        ("agent = 3\n", "[agent]: must be a table"),
+        ("[agent\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_file_key_and_problem(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert str(path) in str(info.value)
+    assert expected in str(info.value)
+    assert info.value.exit_code == EXIT_CONFIG == 78
+
+
+def test_unknown_key_hint_lists_known_keys(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, "[agent]\nstatedir = 1\n"))
+    assert "state_dir" in info.value.hint

@@ -1,0 +1,47 @@
+import json
+
+import pytest
+
+from bloom_agent import protocol
+from bloom_agent.errors import BloomError, PermissionDenied, ProtocolError, from_wire
+
+
+def test_request_round_trip():
+    line = protocol.encode_request("status", {"app": "web"})
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    request = protocol.decode_request(line)
+    assert request == protocol.Request("status", {"app": "web"})
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (b"not json\n", "not valid JSON"),
+        (b"[1, 2]\n", "must be a JSON object"),
+        (b'{"command": "status"}\n', "unsupported protocol version None"),
+        (b'{"v": 2, "command": "status"}\n', "unsupported protocol version 2"),
+        (b'{"v": 1}\n', "has no 'command'"),
+        (b'{"v": 1, "command": "status", "args": []}\n', "'args' must be a JSON object"),
+    ],
+)
+def test_bad_requests_are_protocol_errors(line, message):
+    with pytest.raises(ProtocolError, match=message):
+        protocol.decode_request(line)
+
+
+def test_error_survives_the_wire_with_its_type():
+    err = PermissionDenied("permission denied: bob", hint="join the group")
+    message = protocol.decode_response(protocol.error(err))
+    rebuilt = from_wire(message["error"])
+    assert type(rebuilt) is PermissionDenied
+    assert (rebuilt.message, rebuilt.hint, rebuilt.exit_code) == ("permission denied: bob", "join the group", 1)
+
+
+def test_unknown_error_code_becomes_plain_bloom_error():
+    rebuilt = from_wire({"code": "from-the-future", "message": "something new"})
+    assert type(rebuilt) is BloomError and rebuilt.message == "something new"
+
+
+def test_progress_and_ok_lines():
+    assert json.loads(protocol.progress({"step": "x"})) == {"v": 1, "progress": {"step": "x"}}
+    assert protocol.decode_response(protocol.ok({"a": 1})) == {"v": 1, "ok": True, "result": {"a": 1}}
