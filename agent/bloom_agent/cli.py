@@ -26,7 +26,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print machin
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--socket", "socket_path", type=click.Path(path_type=Path), envvar=client.SOCKET_ENV,
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path, readable=False), envvar=client.SOCKET_ENV,
               default=client.DEFAULT_SOCKET, show_default=True, help="The agent's control socket.")
 @click.version_option(__version__, prog_name="bloomctl", message="%(prog)s %(version)s")
 @click.pass_context

@@ -1,10 +1,10 @@
-"""Control commands. Each is a function (agent, caller, args) -> result; the table is the API."""
+"""Control commands. Each is a coroutine (agent, caller, args, progress) -> result; the table is the API."""
 
 from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from . import __version__
 from .auth import Caller
@@ -13,16 +13,35 @@ from .errors import InvalidArguments
 if TYPE_CHECKING:
     from .daemon import Agent
 
-Handler = Callable[["Agent", Caller, dict[str, Any]], Any]
+Progress = Callable[[dict], None]
+Handler = Callable[["Agent", Caller, dict[str, Any], Progress], Awaitable[Any]]
 
 
-def _no_args(command: str, args: dict[str, Any]) -> None:
-    if args:
-        raise InvalidArguments(f"{command}: unexpected argument(s): {', '.join(sorted(args))}")
+class Args:
+    """Typed access to a request's arguments; anything unexpected is refused by name."""
+
+    def __init__(self, command: str, args: dict[str, Any], allowed: set[str]) -> None:
+        unexpected = sorted(set(args) - allowed)
+        if unexpected:
+            raise InvalidArguments(f"{command}: unexpected argument(s): {', '.join(unexpected)}")
+        self.command, self.args = command, args
+
+    def get(self, name: str, kind: type, default: Any = None, required: bool = False) -> Any:
+        if name not in self.args or self.args[name] is None:
+            if required:
+                raise InvalidArguments(f"{self.command}: missing argument {name!r}")
+            return default
+        value = self.args[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise InvalidArguments(f"{self.command}: argument {name!r} must be {kind.__name__}")
+        return value
 
 
-def status(agent: "Agent", caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
-    _no_args("status", args)
+async def status(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    a = Args("status", args, {"app"})
+    app = a.get("app", str)
+    if app:
+        return agent.apps.app_status(app)
     return {
         "agent": {
             "version": __version__,
@@ -38,10 +57,67 @@ def status(agent: "Agent", caller: Caller, args: dict[str, Any]) -> dict[str, An
             "watchdog_interval_sec": agent.notifier.watchdog_interval,
         },
         "caller": {"user": caller.user, "uid": caller.uid},
-        "apps": [],
+        "apps": [agent.apps.app_status(name) for name in sorted(agent.apps.apps)],
+        "app_errors": agent.apps.app_errors,
     }
+
+
+async def reload(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    Args("reload", args, set())
+    ok = agent.reload_config()
+    return {"config_reloaded": ok, "apps": sorted(agent.apps.apps), "app_errors": agent.apps.app_errors}
+
+
+async def install(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    a = Args("install", args, {"app", "tarball", "version", "sha256"})
+    return await agent.apps.install(a.get("app", str, required=True), a.get("tarball", str, required=True),
+                                    a.get("version", str), a.get("sha256", str), caller)
+
+
+async def releases(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> list[dict]:
+    a = Args("releases", args, {"app"})
+    return agent.apps.release_rows(a.get("app", str, required=True))
+
+
+async def remove(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    a = Args("remove", args, {"app", "version"})
+    return await agent.apps.remove(a.get("app", str, required=True), a.get("version", str, required=True), caller)
+
+
+async def switch(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    a = Args("switch", args, {"app", "version", "wait"})
+    return await agent.apps.switch(a.get("app", str, required=True), a.get("version", str, required=True), caller,
+                                   progress, wait=a.get("wait", bool, True))
+
+
+async def deploy(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    a = Args("deploy", args, {"app", "tarball", "version", "sha256", "wait"})
+    app = a.get("app", str, required=True)
+    installed = await agent.apps.install(app, a.get("tarball", str, required=True), a.get("version", str),
+                                         a.get("sha256", str), caller)
+    progress({"step": "installed", "version": installed["version"]})
+    return await agent.apps.switch(app, installed["version"], caller, progress, wait=a.get("wait", bool, True))
+
+
+async def rollback(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    a = Args("rollback", args, {"app", "to", "wait"})
+    return await agent.apps.rollback(a.get("app", str, required=True), a.get("to", str), caller, progress,
+                                     wait=a.get("wait", bool, True))
+
+
+async def history(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> list[dict]:
+    a = Args("history", args, {"app", "limit"})
+    return agent.apps.history(a.get("app", str, required=True), a.get("limit", int, 50))
 
 
 COMMANDS: dict[str, Handler] = {
     "status": status,
+    "reload": reload,
+    "install": install,
+    "releases": releases,
+    "remove": remove,
+    "switch": switch,
+    "deploy": deploy,
+    "rollback": rollback,
+    "history": history,
 }

@@ -18,6 +18,8 @@ AGENT_FIELDS = [
     Field("control_group", str, "bloom"),
     Field("max_request_bytes", int, 1024 * 1024, check_positive),
     Field("log_level", str, "info", check_choice("debug", "info", "warning", "error")),
+    Field("apps_dir", str, "/etc/bloom/apps", check_absolute_path),
+    Field("releases_dir", str, "/var/lib/bloom/releases", check_absolute_path),
 ]
 
 
@@ -29,6 +31,8 @@ class AgentConfig:
     control_group: str
     max_request_bytes: int
     log_level: str
+    apps_dir: Path
+    releases_dir: Path
     from_file: bool
 
     @property
@@ -55,5 +59,7 @@ def load(path: Path) -> AgentConfig:
         control_group=values["control_group"],
         max_request_bytes=values["max_request_bytes"],
         log_level=values["log_level"],
+        apps_dir=Path(values["apps_dir"]),
+        releases_dir=Path(values["releases_dir"]),
         from_file=from_file,
     )

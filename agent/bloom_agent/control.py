@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 # A client that connects and sends nothing must not hold a connection open for ever.
 REQUEST_READ_TIMEOUT = 10.0
 
-Dispatch = Callable[[Caller, protocol.Request], Awaitable[Any]]
+Dispatch = Callable[[Caller, protocol.Request, Callable[[dict], None]], Awaitable[Any]]
 
 
 class ControlServer:
@@ -70,7 +70,11 @@ class ControlServer:
                 )
             request = protocol.decode_request(await self._read_request(reader))
             log.debug("%s: %s %s", caller.describe(), request.command, request.args)
-            result = await self._dispatch(caller, request)
+            def progress(payload: dict) -> None:
+                if not writer.is_closing():
+                    writer.write(protocol.progress(payload))
+
+            result = await self._dispatch(caller, request, progress)
             writer.write(protocol.ok(result))
         except BloomError as err:
             writer.write(protocol.error(err))

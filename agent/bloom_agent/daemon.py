@@ -16,13 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__, commands, config as config_mod, listener, logs
+from . import __version__, commands, config as config_mod, listener, logs, systemd_adapter
+from .appmanager import AppManager
 from .auth import Caller, group_id
 from .control import ControlServer, unknown_command
 from .errors import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, BloomError, ConfigError
 from .notify import Notifier
 from .protocol import Request
 from .state import StateStore, utcnow
+from .unitfiles import UnitWriter
 
 log = logging.getLogger("bloom_agent")
 
@@ -31,7 +33,7 @@ SHUTDOWN_GRACE = 10.0
 # Without a watchdog the loop still wakes now and then; it costs nothing and keeps the code path hot.
 IDLE_TICK = 30.0
 # Settings bound into open resources (the database, the listening socket and its stream limit).
-RESTART_ONLY = ("state_dir", "control_socket", "max_request_bytes")
+RESTART_ONLY = ("state_dir", "control_socket", "max_request_bytes", "apps_dir", "releases_dir")
 
 
 class Agent:
@@ -46,6 +48,8 @@ class Agent:
         self.state_text = "starting"
         self._signals: asyncio.Queue[int] = asyncio.Queue()
         self._stopping = False
+        self.apps: AppManager | None = None
+        self._reconciling: asyncio.Task | None = None
         self.control = ControlServer(
             sock,
             self.dispatch,
@@ -60,11 +64,16 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             # Handlers only queue; all work happens in the loop below.
             loop.add_signal_handler(sig, self._signals.put_nowait, sig)
+        self.apps = AppManager(self.config.apps_dir, self.config.releases_dir, self.store,
+                               systemd_adapter.connect(), UnitWriter())
+        self.apps.load()
         await self.control.start()
         self.store.record_agent_event("start", __version__)
         self._set_state("idle")
         self.notifier.ready(self._status_line())
         log.info("bloom-agent %s ready (config %s, state %s)", __version__, self.config.path, self.config.state_db)
+        # After READY: reconciling can take as long as starting a release, and systemd should not wait for it.
+        self._reconciling = asyncio.ensure_future(self._reconcile())
         tick = min(self.notifier.watchdog_interval or IDLE_TICK, IDLE_TICK)
         while not self._stopping:
             try:
@@ -89,9 +98,20 @@ class Agent:
         self.reload_config()
         self.notifier.ready(self._status_line())
 
+    async def _reconcile(self) -> None:
+        try:
+            await self.apps.reconcile()
+        except BloomError as err:
+            log.error("reconciling apps after start: %s", err)
+        except Exception:
+            log.exception("reconciling apps after start failed")
+
     async def _shutdown(self) -> int:
         self._set_state("stopping")
         self.notifier.stopping()
+        if self._reconciling is not None:
+            self._reconciling.cancel()
+        await self.apps.shutdown()
         closing = asyncio.ensure_future(self.control.close(SHUTDOWN_GRACE))
         second_signal = asyncio.ensure_future(self._signals.get())
         done, _ = await asyncio.wait({closing, second_signal}, return_when=asyncio.FIRST_COMPLETED)
@@ -119,24 +139,27 @@ class Agent:
         self.config = dataclasses.replace(new, **{key: getattr(self.config, key) for key in RESTART_ONLY})
         logs.set_level(new.log_level)
         self.config_loaded_at = utcnow()
+        if self.apps is not None:
+            self.apps.load()
         self.store.record_agent_event("reload", __version__)
         log.info("configuration reloaded from %s", new.path)
         return True
 
     # -- requests ---------------------------------------------------------------------------
 
-    async def dispatch(self, caller: Caller, request: Request) -> Any:
+    async def dispatch(self, caller: Caller, request: Request, progress) -> Any:
         handler = commands.COMMANDS.get(request.command)
         if handler is None:
             raise unknown_command(request.command, list(commands.COMMANDS))
-        return handler(self, caller, request.args)
+        return await handler(self, caller, request.args, progress)
 
     def _set_state(self, text: str) -> None:
         self.state_text = text
         self.notifier.status(self._status_line())
 
     def _status_line(self) -> str:
-        return f"{self.state_text}; no apps configured"
+        count = len(self.apps.apps) if self.apps else 0
+        return f"{self.state_text}; {count} app(s)" if count else f"{self.state_text}; no apps configured"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

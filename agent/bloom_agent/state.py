@@ -7,6 +7,7 @@ so a package upgrade keeps everything.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from datetime import datetime, timezone
@@ -22,6 +23,46 @@ MIGRATIONS = [
         at TEXT NOT NULL,
         event TEXT NOT NULL,
         version TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    """,
+    # 2: apps, releases, deployments (the persisted state machine) and the history.
+    """
+    CREATE TABLE app_state (
+        app TEXT PRIMARY KEY,
+        current TEXT,
+        last_good TEXT,
+        degraded TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE releases (
+        app TEXT NOT NULL,
+        version TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        installed_at TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        PRIMARY KEY (app, version)
+    );
+    CREATE TABLE deployments (
+        id INTEGER PRIMARY KEY,
+        app TEXT NOT NULL,
+        action TEXT NOT NULL,
+        version TEXT NOT NULL,
+        from_version TEXT,
+        step TEXT NOT NULL,
+        outcome TEXT NOT NULL DEFAULT '',
+        reason TEXT NOT NULL DEFAULT '',
+        caller TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT
+    );
+    CREATE INDEX deployments_app ON deployments (app, id);
+    CREATE TABLE deployment_steps (
+        deployment INTEGER NOT NULL REFERENCES deployments (id),
+        at TEXT NOT NULL,
+        step TEXT NOT NULL,
         detail TEXT NOT NULL DEFAULT ''
     );
     """,
@@ -64,15 +105,10 @@ class StateStore:
             )
         for version, sql in enumerate(MIGRATIONS[current:], start=current + 1):
             # executescript() would commit on its own; one transaction per migration instead.
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 for statement in _statements(sql):
                     self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version={version}")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     def record_agent_event(self, event: str, version: str, detail: str = "") -> None:
         self._db.execute(
@@ -86,6 +122,85 @@ class StateStore:
     def first_event_at(self) -> str | None:
         row = self._db.execute("SELECT at FROM agent_events ORDER BY id LIMIT 1").fetchone()
         return row[0] if row else None
+
+    # -- apps and releases ----------------------------------------------------------------
+
+    def app_state(self, app: str) -> dict:
+        row = self._db.execute("SELECT current, last_good, degraded FROM app_state WHERE app = ?", (app,)).fetchone()
+        return dict(row) if row else {"current": None, "last_good": None, "degraded": ""}
+
+    def set_app_state(self, app: str, **changes) -> None:
+        state = {**self.app_state(app), **changes}
+        self._db.execute(
+            "INSERT INTO app_state (app, current, last_good, degraded) VALUES (:app, :current, :last_good, :degraded) "
+            "ON CONFLICT (app) DO UPDATE SET current = :current, last_good = :last_good, degraded = :degraded",
+            {"app": app, **state},
+        )
+
+    def add_release(self, app: str, version: str, instance: str, sha256: str, size: int) -> None:
+        self._db.execute(
+            "INSERT INTO releases (app, version, instance, status, installed_at, sha256, size) VALUES (?, ?, ?, 'installed', ?, ?, ?)",
+            (app, version, instance, utcnow(), sha256, size),
+        )
+
+    def release(self, app: str, version: str) -> dict | None:
+        row = self._db.execute("SELECT * FROM releases WHERE app = ? AND version = ?", (app, version)).fetchone()
+        return dict(row) if row else None
+
+    def releases(self, app: str) -> list[dict]:
+        return [dict(r) for r in self._db.execute("SELECT * FROM releases WHERE app = ? ORDER BY installed_at, rowid", (app,))]
+
+    def set_release_status(self, app: str, version: str, status: str, reason: str = "") -> None:
+        self._db.execute("UPDATE releases SET status = ?, reason = ? WHERE app = ? AND version = ?", (status, reason, app, version))
+
+    def delete_release(self, app: str, version: str) -> None:
+        self._db.execute("DELETE FROM releases WHERE app = ? AND version = ?", (app, version))
+
+    # -- deployments: every step is written before it is taken ------------------------------
+
+    def begin_deployment(self, app: str, action: str, version: str, from_version: str | None, step: str, caller: str) -> int:
+        cur = self._db.execute(
+            "INSERT INTO deployments (app, action, version, from_version, step, caller, started_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (app, action, version, from_version, step, caller, utcnow()),
+        )
+        return cur.lastrowid
+
+    def record_step(self, deployment: int, step: str, detail: str = "") -> None:
+        with self._transaction():
+            self._db.execute("UPDATE deployments SET step = ? WHERE id = ?", (step, deployment))
+            self._db.execute("INSERT INTO deployment_steps (deployment, at, step, detail) VALUES (?, ?, ?, ?)",
+                             (deployment, utcnow(), step, detail))
+
+    def finish_deployment(self, deployment: int, step: str, outcome: str, reason: str = "") -> None:
+        with self._transaction():
+            self._db.execute("UPDATE deployments SET step = ?, outcome = ?, reason = ?, finished_at = ? WHERE id = ?",
+                             (step, outcome, reason, utcnow(), deployment))
+            self._db.execute("INSERT INTO deployment_steps (deployment, at, step, detail) VALUES (?, ?, ?, ?)",
+                             (deployment, utcnow(), step, reason))
+
+    def deployment(self, deployment: int) -> dict:
+        return dict(self._db.execute("SELECT * FROM deployments WHERE id = ?", (deployment,)).fetchone())
+
+    def unfinished_deployments(self) -> list[dict]:
+        return [dict(r) for r in self._db.execute("SELECT * FROM deployments WHERE finished_at IS NULL ORDER BY id")]
+
+    def history(self, app: str, limit: int = 100) -> list[dict]:
+        return [dict(r) for r in self._db.execute(
+            "SELECT * FROM deployments WHERE app = ? ORDER BY id DESC LIMIT ?", (app, limit))]
+
+    def steps(self, deployment: int) -> list[dict]:
+        return [dict(r) for r in self._db.execute(
+            "SELECT at, step, detail FROM deployment_steps WHERE deployment = ? ORDER BY rowid", (deployment,))]
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def close(self) -> None:
         self._db.close()

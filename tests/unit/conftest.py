@@ -1,54 +1,10 @@
-import os
 import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-AGENT_SRC = REPO / "agent"
-
-
-def agent_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "LISTEN_FDS", "JOURNAL_STREAM")}
-    env["PYTHONPATH"] = str(AGENT_SRC)
-    env.update(extra)
-    return env
-
-
-class RunningAgent:
-    def __init__(self, tmp: Path, proc: subprocess.Popen, socket_path: Path, config: Path, log: Path) -> None:
-        self.tmp, self.proc, self.socket_path, self.config, self.log = tmp, proc, socket_path, config, log
-
-    def bloomctl(self, *args: str, user_env: dict | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "bloom_agent.cli", "--socket", str(self.socket_path), *args],
-            env=agent_env(**(user_env or {})), capture_output=True, text=True, timeout=30,
-        )
-
-    def log_text(self) -> str:
-        return self.log.read_text()
-
-
-def write_config(tmp: Path, extra: str = "") -> Path:
-    config = tmp / "agent.toml"
-    config.write_text(
-        f'[agent]\nstate_dir = "{tmp}/state"\ncontrol_socket = "{tmp}/control.sock"\n{extra}'
-    )
-    return config
-
-
-def wait_for_socket(path: Path, proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"agent exited with {proc.returncode} before listening")
-        if path.exists():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"agent did not create {path} within {timeout} s")
+from agentproc import RunningAgent, agent_env, wait_for_socket, write_config
 
 
 @pytest.fixture

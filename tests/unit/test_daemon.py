@@ -7,7 +7,7 @@ import sqlite3
 import subprocess
 import sys
 
-from conftest import agent_env, write_config
+from agentproc import agent_env, write_config
 
 
 def raw_request(path, payload: bytes) -> dict:

@@ -1,0 +1,368 @@
+"""Apps, their releases and their deployments: the operations bloomctl asks for.
+
+One operation per app at a time. The lock is an in-memory object of the agent, so it can never
+outlive the agent; what was in flight when the agent died is found in the database instead
+(``reconcile``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from . import releases, versions
+from .apps import AppConfig, describe, load_apps
+from .auth import Caller
+from .errors import BloomError, InvalidArguments
+from .state import StateStore
+from .switcher import Deployment, Outcome, Progress, Switcher, _quiet
+from .systemd_adapter import Systemd
+from .unitfiles import UnitWriter
+
+log = logging.getLogger(__name__)
+
+
+class Busy(BloomError):
+    code = "busy"
+
+
+class UnknownApp(BloomError):
+    code = "unknown_app"
+
+
+class ReleaseError(BloomError):
+    code = "release"
+
+
+@dataclass
+class Holder:
+    operation: str
+    caller: str
+    since: float
+    deployment: Deployment | None = None
+    task: asyncio.Task | None = None
+
+    def describe(self, app: str) -> str:
+        at = datetime.fromtimestamp(self.since).strftime("%H:%M:%S")
+        return f"busy: {self.operation} of {app} started by {self.caller} at {at}"
+
+
+class AppManager:
+    def __init__(self, apps_dir: Path, releases_root: Path, store: StateStore, systemd: Systemd,
+                 units: UnitWriter) -> None:
+        self.apps_dir = apps_dir
+        self.releases_root = releases_root
+        self.store = store
+        self.systemd = systemd
+        self.units = units
+        self.switcher = Switcher(systemd, store, units)
+        self.apps: dict[str, AppConfig] = {}
+        self.app_errors: dict[str, str] = {}
+        self._holders: dict[str, Holder] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- app definitions ----------------------------------------------------------------------
+
+    def load(self) -> list[str]:
+        """(Re)read the app files and write their units; one daemon-reload if anything changed."""
+        apps, errors = load_apps(self.apps_dir, self.releases_root)
+        for path, err in errors.items():
+            log.error("app file not loaded: %s", err)
+        changed = False
+        for app in apps.values():
+            if app.name in self._holders and self.apps.get(app.name) != app:
+                log.warning("%s: app file changed during an operation; it applies to the next one", app.name)
+                apps[app.name] = self.apps[app.name]
+                continue
+            changed |= self.units.write_app_units(app)
+        if changed:
+            self.systemd.daemon_reload()
+        self.apps, self.app_errors = apps, errors
+        return sorted(apps)
+
+    def app(self, name: str) -> AppConfig:
+        try:
+            return self.apps[name]
+        except KeyError:
+            known = ", ".join(sorted(self.apps)) or "none"
+            raise UnknownApp(f"unknown app {name!r} (configured: {known})",
+                             hint=f"declare it in {self.apps_dir}/{name}.toml, then: bloomctl reload") from None
+
+    # -- locking --------------------------------------------------------------------------------
+
+    def _acquire(self, app: str, operation: str, caller: str) -> Holder:
+        holder = self._holders.get(app)
+        if holder is not None:
+            raise Busy(holder.describe(app), hint="wait for it to finish (bloomctl status " + app + ")")
+        holder = Holder(operation, caller, time.time())
+        self._holders[app] = holder
+        return holder
+
+    def _release(self, app: str, holder: Holder) -> None:
+        if self._holders.get(app) is holder:
+            del self._holders[app]
+
+    # -- install / remove -------------------------------------------------------------------------
+
+    async def install(self, name: str, tarball: str, version: str | None, sha256: str | None, caller: Caller) -> dict:
+        app = self.app(name)
+        holder = self._acquire(name, "install", caller.user)
+        try:
+            return await self._install(app, Path(tarball), version, sha256, caller)
+        finally:
+            self._release(name, holder)
+
+    async def _install(self, app: AppConfig, tarball: Path, version: str | None, sha256: str | None,
+                       caller: Caller) -> dict:
+        version = version or releases.version_from_name(app.name, tarball)
+        dep = self.store.begin_deployment(app.name, "install", version, None, "installing", caller.user)
+        try:
+            versions.validate(version)
+            if not tarball.is_absolute():
+                raise InvalidArguments(f"tarball path must be absolute, got {tarball}")
+            _check_caller_may_read(tarball, caller)
+            if self.store.release(app.name, version):
+                raise releases.InstallError(f"{app.name} {version} is already installed",
+                                            hint=f"remove it first (bloomctl remove {app.name} {version}) or use a new version")
+            checksum = releases.expected_checksum(tarball, sha256, app.require_checksum)
+            # Unpacking is slow disk work: off the loop, so the agent keeps answering and pinging its watchdog.
+            done = await asyncio.to_thread(releases.install, app, tarball, version, checksum)
+        except BloomError as err:
+            self.store.finish_deployment(dep, "failed", "failed", err.message)
+            raise
+        self.store.add_release(app.name, version, done.instance, done.sha256, done.size)
+        self.store.finish_deployment(dep, "done", "done", f"{done.size} bytes, sha256 {done.sha256}")
+        log.info("%s: installed %s (%d bytes) by %s", app.name, version, done.size, caller.user)
+        return {"app": app.name, "version": version, "path": str(done.path), "sha256": done.sha256, "size": done.size}
+
+    async def remove(self, name: str, version: str, caller: Caller) -> dict:
+        app = self.app(name)
+        holder = self._acquire(name, "remove", caller.user)
+        try:
+            row = self.store.release(name, version)
+            if row is None:
+                raise ReleaseError(f"{name} {version} is not installed", hint=f"see: bloomctl releases {name}")
+            reason = self._in_use(app, version)
+            if reason:
+                raise ReleaseError(f"cannot remove {name} {version}: {reason}")
+            await asyncio.to_thread(releases.remove_release, app, row["instance"])
+            self.store.delete_release(name, version)
+            dep = self.store.begin_deployment(name, "remove", version, None, "removing", caller.user)
+            self.store.finish_deployment(dep, "done", "done")
+            return {"app": name, "version": version, "removed": True}
+        finally:
+            self._release(name, holder)
+
+    def _in_use(self, app: AppConfig, version: str) -> str:
+        state = self.store.app_state(app.name)
+        if version == state["current"]:
+            return "it is the current release"
+        if version == state["last_good"]:
+            return "it is the last good release, the one a rollback goes to"
+        if self.systemd.status(app.instance_unit(versions.instance(version))).active_state not in ("inactive", "failed"):
+            return "it is running"
+        return ""
+
+    def cleanup(self, app: AppConfig) -> list[str]:
+        """Keep keep_releases; failed ones go first, then the oldest; never one in use."""
+        rows = self.store.releases(app.name)
+        excess = len(rows) - app.keep_releases
+        if excess <= 0:
+            return []
+        candidates = sorted(rows, key=lambda r: (r["status"] != "failed", r["installed_at"]))
+        removed = []
+        for row in candidates:
+            if len(removed) == excess:
+                break
+            if self._in_use(app, row["version"]):
+                continue
+            releases.remove_release(app, row["instance"])
+            self.store.delete_release(app.name, row["version"])
+            removed.append(row["version"])
+        if removed:
+            log.info("%s: cleaned up old releases %s", app.name, ", ".join(removed))
+        return removed
+
+    # -- switch / rollback ----------------------------------------------------------------------
+
+    async def switch(self, name: str, version: str, caller: Caller, progress: Progress = _quiet,
+                     wait: bool = True, action: str = "switch") -> dict:
+        app = self.app(name)
+        holder = self._acquire(name, f"{action} to {version}", caller.user)
+        try:
+            release = self.store.release(name, version)
+            if release is None:
+                raise ReleaseError(f"{name} {version} is not installed", hint=f"install it first: bloomctl install {name} TARBALL")
+            current = self.store.app_state(name)["current"]
+            if version == current:
+                raise ReleaseError(f"{name} is already on {version}")
+            dep = self.switcher.begin(app, action, version, caller.user)
+        except BaseException:
+            self._release(name, holder)
+            raise
+        holder.deployment = dep
+        task = holder.task = asyncio.ensure_future(self._run(app, dep, holder, progress))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if not wait:
+            return {"app": name, "deployment": dep.id, "version": version, "from_version": dep.old, "outcome": "started",
+                    "exit_code": 0, "reason": ""}
+        # shield: a client that goes away must not cancel the switch itself
+        outcome = await asyncio.shield(task)
+        return outcome.as_dict()
+
+    async def _run(self, app: AppConfig, dep: Deployment, holder: Holder, progress: Progress) -> Outcome:
+        try:
+            outcome = await self.switcher.run(dep, progress)
+            if outcome.outcome == "done":
+                await asyncio.to_thread(self.cleanup, app)
+            return outcome
+        finally:
+            self._release(app.name, holder)
+
+    async def rollback(self, name: str, to: str | None, caller: Caller, progress: Progress = _quiet,
+                       wait: bool = True) -> dict:
+        app = self.app(name)
+        holder = self._holders.get(name)
+        if holder is not None and holder.deployment is not None and holder.deployment.step.value == "probation":
+            # Fast path: abort the probation in progress; its own rollback does the reverse swap.
+            dep = holder.deployment
+            dep.abort_reason = f"rollback requested by {caller.user}"
+            dep.abort.set()
+            if wait and holder.task is not None:
+                return (await asyncio.shield(holder.task)).as_dict()
+            return {"app": name, "deployment": dep.id, "outcome": "aborting", "exit_code": 0, "reason": dep.abort_reason,
+                    "version": dep.new, "from_version": dep.old}
+        target = to or self._previous_good(name)
+        if target is None:
+            raise ReleaseError(f"{name} has no earlier good release to roll back to", hint=f"see: bloomctl releases {name}")
+        row = self.store.release(name, target)
+        if row is None:
+            raise ReleaseError(f"{name} {target} is not installed")
+        if row["status"] == "failed":
+            raise ReleaseError(f"{name} {target} failed before ({row['reason']}); refusing to roll back to it",
+                               hint="pick another version with --to")
+        return await self.switch(name, target, caller, progress, wait, action="rollback")
+
+    def _previous_good(self, name: str) -> str | None:
+        current = self.store.app_state(name)["current"]
+        good = [r for r in self.store.releases(name) if r["status"] == "good" and r["version"] != current]
+        return max((r["version"] for r in good), key=_good_order(self.store, name), default=None)
+
+    # -- reporting --------------------------------------------------------------------------------
+
+    def release_rows(self, name: str) -> list[dict]:
+        self.app(name)
+        state = self.store.app_state(name)
+        previous = self._previous_good(name)
+        rows = []
+        for r in self.store.releases(name):
+            status = r["status"]
+            if r["version"] == state["current"]:
+                status = "current" if status == "good" else f"current ({status})"
+            elif r["version"] == previous:
+                status = "previous"
+            rows.append({"version": r["version"], "status": status, "reason": r["reason"],
+                         "installed_at": r["installed_at"], "sha256": r["sha256"], "size": r["size"]})
+        return rows
+
+    def app_status(self, name: str) -> dict[str, Any]:
+        app = self.app(name)
+        state = self.store.app_state(name)
+        holder = self._holders.get(name)
+        running = [s.name for s in self.systemd.instances(f"{name}@*.service") if s.active_state != "inactive"]
+        if holder is not None:
+            text = holder.deployment.step.value if holder.deployment else holder.operation
+        elif state["degraded"]:
+            text = "degraded"
+        elif state["current"]:
+            text = "serving"
+        else:
+            text = "not deployed"
+        return {**describe(app), "current": state["current"], "last_good": state["last_good"], "state": text,
+                "degraded": state["degraded"], "running": running,
+                "busy": holder.describe(name) if holder else None}
+
+    def history(self, name: str, limit: int) -> list[dict]:
+        self.app(name)
+        return [{"id": r["id"], "action": r["action"], "version": r["version"], "from": r["from_version"],
+                 "outcome": r["outcome"] or r["step"], "reason": r["reason"], "caller": r["caller"],
+                 "started_at": r["started_at"], "finished_at": r["finished_at"]}
+                for r in self.store.history(name, limit)]
+
+    # -- after an agent restart ----------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """Finish what a killed agent left, then make sure each app has exactly one serving release."""
+        for row in self.store.unfinished_deployments():
+            app = self.apps.get(row["app"])
+            if app is None:
+                self.store.finish_deployment(row["id"], row["step"], "abandoned", "app no longer configured")
+                continue
+            if row["action"] == "install":
+                releases.remove_staging_leftovers(app)
+                self.store.finish_deployment(row["id"], "failed", "failed", "the agent restarted during the install")
+                continue
+            dep = self.switcher.resumed(app, row)
+            log.warning("%s: resuming deployment %d (%s -> %s) at %s after a restart", app.name, dep.id,
+                        dep.old, dep.new, dep.step)
+            holder = self._acquire(app.name, f"{dep.action} to {dep.new} (resumed)", "bloom-agent")
+            holder.deployment = dep
+            await self._run(app, dep, holder, _quiet)
+        for app in self.apps.values():
+            await self._settle(app)
+
+    async def _settle(self, app: AppConfig) -> None:
+        releases.remove_staging_leftovers(app)
+        current = self.store.app_state(app.name)["current"]
+        actions = []
+        if current is not None:
+            unit = app.instance_unit(versions.instance(current))
+            if not self.systemd.status(unit).active:
+                result = await self.systemd.start(unit)
+                actions.append(f"started {current} ({result})")
+        for status in self.systemd.instances(f"{app.name}@*.service"):
+            if current is None or status.name != app.instance_unit(versions.instance(current)):
+                await self.systemd.stop(status.name)
+                actions.append(f"stopped stray {status.name}")
+        if actions:
+            dep = self.store.begin_deployment(app.name, "reconcile", current or "-", None, "reconciling", "bloom-agent")
+            self.store.finish_deployment(dep, "done", "done", "; ".join(actions))
+            log.warning("%s: reconciled after restart: %s", app.name, "; ".join(actions))
+
+    async def shutdown(self) -> None:
+        """Leave switches in flight to the next agent: their steps are recorded."""
+        for task in list(self._tasks):
+            task.cancel()
+
+
+def _good_order(store: StateStore, name: str):
+    installed = {r["version"]: r["installed_at"] for r in store.releases(name)}
+    return lambda version: installed.get(version, "")
+
+
+def _check_caller_may_read(path: Path, caller: Caller) -> None:
+    """The agent reads files as root on behalf of a caller who may not be: refuse what they could not read."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise releases.InstallError(f"{path}: no such file") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise releases.InstallError(f"{path} is not a regular file")
+    if caller.uid == 0:
+        return
+    if st.st_uid == caller.uid:
+        allowed = st.st_mode & stat.S_IRUSR
+    elif st.st_gid in caller.groups:
+        allowed = st.st_mode & stat.S_IRGRP
+    else:
+        allowed = st.st_mode & stat.S_IROTH
+    if not allowed or not os.access(path.parent, os.X_OK):
+        raise releases.InstallError(f"{path}: you ({caller.user}) cannot read it, so the agent will not either")

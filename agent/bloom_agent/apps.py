@@ -1,0 +1,211 @@
+"""App definitions: /etc/bloom/apps/APP.toml, one file an app."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .schema import Field, check_absolute_path, check_positive, parse_table, read_toml
+
+DEFAULT_APPS_DIR = Path("/etc/bloom/apps")
+DEFAULT_RELEASES_ROOT = Path("/var/lib/bloom/releases")
+
+# Unit names are built from it (APP.socket, APP@VERSION.service): no '@', no '.', nothing to escape.
+_APP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}", re.ASCII)
+_USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}", re.ASCII)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+
+
+def _check_listen(value: list) -> str | None:
+    if not value:
+        return "must list at least one address"
+    for item in value:
+        if not isinstance(item, str):
+            return f"every address must be a string, got {item!r}"
+        problem = _listen_problem(item)
+        if problem:
+            return f"{item!r}: {problem}"
+    return None
+
+
+def _listen_problem(address: str) -> str | None:
+    if address.startswith("/"):
+        return None if len(address) < 108 else "a Unix socket path must be shorter than 108 bytes"
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return 'expected "HOST:PORT", "[IPV6]:PORT" or an absolute Unix socket path'
+    try:
+        ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+    except ValueError:
+        return f"{host!r} is not an IP address"
+    if ":" in host and not host.startswith("["):
+        return "write IPv6 addresses in brackets, e.g. \"[::]:443\""
+    return None
+
+
+def _check_exec(value: str) -> str | None:
+    try:
+        argv = shlex.split(value)
+    except ValueError as exc:
+        return f"cannot be parsed as a command line: {exc}"
+    if not argv:
+        return "must not be empty"
+    if ".." in Path(argv[0]).parts:
+        return "the program path must not contain '..'"
+    return None
+
+
+def _check_user(value: str) -> str | None:
+    return None if _USER_NAME.fullmatch(value) else f"{value!r} is not a valid user or group name"
+
+
+def _check_environment(value: dict) -> str | None:
+    for key, item in value.items():
+        if not _ENV_NAME.fullmatch(key):
+            return f"{key!r} is not a valid environment variable name"
+        if not isinstance(item, str):
+            return f"value of {key!r} must be a string, got {item!r}"
+    return None
+
+
+def _check_non_negative(value: float) -> str | None:
+    return None if value >= 0 else f"must be 0 or more, got {value}"
+
+
+def _check_paths(value: list) -> str | None:
+    for item in value:
+        if not isinstance(item, str) or not item.startswith("/"):
+            return f"every entry must be an absolute path, got {item!r}"
+    return None
+
+
+APP_FIELDS = [
+    Field("listen", list, None, _check_listen),
+    Field("exec", str, None, _check_exec),
+    Field("user", str, "", _check_user),
+    Field("group", str, "", _check_user),
+    Field("environment", dict, {}, _check_environment),
+    Field("notify", bool, True),
+    Field("ready_timeout_sec", float, 30.0, check_positive),
+    Field("stop_timeout_sec", float, 30.0, check_positive),
+    Field("watchdog_sec", float, 0.0, _check_non_negative),
+    Field("probation_sec", float, 30.0, _check_non_negative),
+    Field("keep_releases", int, 5, check_positive),
+    Field("releases_dir", str, "", check_absolute_path),
+    Field("require_checksum", bool, False),
+    Field("min_free_bytes", int, 100 * 1024 * 1024, _check_non_negative),
+    Field("max_release_bytes", int, 2 * 1024**3, check_positive),
+    # Hardening opt-outs: sandboxed unless the app says it cannot be.
+    Field("sandbox", bool, True),
+    Field("read_write_paths", list, [], _check_paths),
+    Field("private_network", bool, False),
+]
+REQUIRED = ("listen", "exec")
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    name: str
+    path: Path
+    listen: tuple[str, ...]
+    exec: str
+    user: str
+    group: str
+    environment: dict[str, str]
+    notify: bool
+    ready_timeout_sec: float
+    stop_timeout_sec: float
+    watchdog_sec: float
+    probation_sec: float
+    keep_releases: int
+    releases_dir: Path
+    require_checksum: bool
+    min_free_bytes: int
+    max_release_bytes: int
+    sandbox: bool
+    read_write_paths: tuple[str, ...]
+    private_network: bool
+
+    @property
+    def argv(self) -> list[str]:
+        return shlex.split(self.exec)
+
+    @property
+    def socket_unit(self) -> str:
+        return f"{self.name}.socket"
+
+    @property
+    def template_unit(self) -> str:
+        return f"{self.name}@.service"
+
+    def instance_unit(self, instance: str) -> str:
+        return f"{self.name}@{instance}.service"
+
+
+def validate_name(name: str) -> str:
+    if not _APP_NAME.fullmatch(name):
+        raise ConfigError(
+            f"invalid app name {name!r}: use lower-case letters, digits, '-' and '_', starting with a letter or digit"
+        )
+    return name
+
+
+def load_app(path: Path, releases_root: Path = DEFAULT_RELEASES_ROOT) -> AppConfig:
+    name = path.name.removesuffix(".toml")
+    if not _APP_NAME.fullmatch(name):
+        raise ConfigError(f"{path}: invalid app name {name!r} (from the file name): use a-z, 0-9, '-' and '_'")
+    values = parse_table(read_toml(path), APP_FIELDS, path)
+    for key in REQUIRED:
+        if values[key] is None:
+            raise ConfigError(f"{path}: missing required key '{key}'", hint=_EXAMPLE)
+    return AppConfig(
+        name=name,
+        path=path,
+        listen=tuple(values["listen"]),
+        exec=values["exec"],
+        user=values["user"],
+        group=values["group"],
+        environment=dict(values["environment"]),
+        notify=values["notify"],
+        ready_timeout_sec=values["ready_timeout_sec"],
+        stop_timeout_sec=values["stop_timeout_sec"],
+        watchdog_sec=values["watchdog_sec"],
+        probation_sec=values["probation_sec"],
+        keep_releases=values["keep_releases"],
+        releases_dir=Path(values["releases_dir"]) if values["releases_dir"] else releases_root / name,
+        require_checksum=values["require_checksum"],
+        min_free_bytes=values["min_free_bytes"],
+        max_release_bytes=values["max_release_bytes"],
+        sandbox=values["sandbox"],
+        read_write_paths=tuple(values["read_write_paths"]),
+        private_network=values["private_network"],
+    )
+
+
+def load_apps(apps_dir: Path, releases_root: Path = DEFAULT_RELEASES_ROOT) -> tuple[dict[str, AppConfig], dict[str, str]]:
+    """All app files; returns (apps, errors by file) so one broken file does not hide the others."""
+    apps: dict[str, AppConfig] = {}
+    errors: dict[str, str] = {}
+    if not apps_dir.is_dir():
+        return apps, errors
+    for path in sorted(apps_dir.glob("*.toml")):
+        try:
+            app = load_app(path, releases_root)
+        except ConfigError as err:
+            errors[str(path)] = str(err)
+            continue
+        apps[app.name] = app
+    return apps, errors
+
+
+_EXAMPLE = 'a minimal app file:\n  listen = ["127.0.0.1:8080"]\n  exec = "bin/server --port-from-systemd"'
+
+
+def describe(app: AppConfig) -> dict[str, Any]:
+    return {"name": app.name, "file": str(app.path), "listen": list(app.listen), "exec": app.exec,
+            "releases_dir": str(app.releases_dir), "probation_sec": app.probation_sec}

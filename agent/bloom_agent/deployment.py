@@ -1,0 +1,93 @@
+"""The switch as a state machine: one table of steps and transitions, no I/O.
+
+The runner (switcher.py) records a step in the database *before* it does that step's I/O, then
+feeds the step's result ("ok" or "fail") back through ``next_step``. An agent killed at any moment
+finds the last recorded step on restart and resumes from ``RESUME_AFTER_RESTART``: every step's I/O is
+written to be safe to run twice, so resuming is just running the step again.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Step(str, Enum):
+    STARTING = "starting"            # start APP@NEW beside OLD, wait for READY
+    CHECKING = "checking"            # pre-switch checks on NEW
+    POINTING = "pointing"            # the socket's Service= names NEW (trial layer), daemon-reload
+    STOPPING_OLD = "stopping-old"    # SIGTERM to OLD, which drains; NEW now serves alone
+    PROBATION = "probation"          # watch NEW for probation_sec
+    BLESSING = "blessing"            # NEW becomes the release a reboot comes back to
+    REVERTING = "reverting"          # before OLD stopped: stop NEW, socket back to OLD
+    ROLLING_BACK = "rolling-back"    # after OLD stopped: start OLD, socket to OLD, stop NEW
+    DONE = "done"
+    FAILED = "failed"                # NEW refused; OLD kept serving throughout
+    ROLLED_BACK = "rolled-back"      # NEW misbehaved after taking over; OLD serves again
+    DEGRADED = "degraded"            # the way back failed too
+
+    def __str__(self) -> str:
+        return self.value
+
+
+OK, FAIL = "ok", "fail"
+
+FIRST_STEP = Step.STARTING
+TERMINAL = frozenset({Step.DONE, Step.FAILED, Step.ROLLED_BACK, Step.DEGRADED})
+
+TRANSITIONS: dict[tuple[Step, str], Step] = {
+    (Step.STARTING, OK): Step.CHECKING,
+    (Step.STARTING, FAIL): Step.REVERTING,
+    (Step.CHECKING, OK): Step.POINTING,
+    (Step.CHECKING, FAIL): Step.REVERTING,
+    (Step.POINTING, OK): Step.STOPPING_OLD,
+    (Step.POINTING, FAIL): Step.REVERTING,
+    # systemd kills whatever has not drained by TimeoutStopSec: stopping cannot fail to stop.
+    (Step.STOPPING_OLD, OK): Step.PROBATION,
+    (Step.PROBATION, OK): Step.BLESSING,
+    (Step.PROBATION, FAIL): Step.ROLLING_BACK,
+    (Step.BLESSING, OK): Step.DONE,
+    (Step.REVERTING, OK): Step.FAILED,
+    (Step.REVERTING, FAIL): Step.DEGRADED,
+    (Step.ROLLING_BACK, OK): Step.ROLLED_BACK,
+    (Step.ROLLING_BACK, FAIL): Step.DEGRADED,
+}
+
+# Where an interrupted deployment continues when the agent starts again. Before OLD was told to stop,
+# the safe answer is OLD (it never stopped serving); from then on NEW is serving, so carry on with it.
+RESUME_AFTER_RESTART: dict[Step, Step] = {
+    Step.STARTING: Step.REVERTING,
+    Step.CHECKING: Step.REVERTING,
+    Step.POINTING: Step.REVERTING,
+    Step.STOPPING_OLD: Step.STOPPING_OLD,
+    Step.PROBATION: Step.PROBATION,
+    Step.BLESSING: Step.BLESSING,
+    Step.REVERTING: Step.REVERTING,
+    Step.ROLLING_BACK: Step.ROLLING_BACK,
+}
+
+# The outcome reported for each terminal step, and bloomctl's exit code for it.
+OUTCOMES: dict[Step, tuple[str, int]] = {
+    Step.DONE: ("done", 0),
+    Step.FAILED: ("failed", 3),
+    Step.ROLLED_BACK: ("rolled-back", 3),
+    Step.DEGRADED: ("degraded", 4),
+}
+
+
+class InvalidTransition(Exception):
+    pass
+
+
+def next_step(step: Step, result: str) -> Step:
+    try:
+        return TRANSITIONS[(step, result)]
+    except KeyError:
+        raise InvalidTransition(f"no transition from {step} on {result!r}") from None
+
+
+def serving_version(step: Step, old: str | None, new: str) -> str | None:
+    """Which release is meant to serve once a deployment in ``step`` settles."""
+    if step in (Step.STARTING, Step.CHECKING, Step.POINTING, Step.REVERTING, Step.FAILED,
+                Step.ROLLING_BACK, Step.ROLLED_BACK):
+        return old
+    return new

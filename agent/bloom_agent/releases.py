@@ -1,0 +1,257 @@
+"""Put a release on disk: validate the tarball, unpack it beside its final place, rename it in.
+
+Everything is checked before anything is visible: a refused or failed install leaves no directory
+and no record behind. The unpacking is done member by member by this module, not by tarfile's
+extractall, so ownership, modes and link targets are exactly what we allow and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import shutil
+import stat
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from . import versions
+from .apps import AppConfig
+from .errors import BloomError
+
+CHUNK = 1024 * 1024
+STAGING_PREFIX = ".install-"
+_MAGIC = {b"\x1f\x8b": "gz", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zst"}
+_NAME = re.compile(r"^(?P<app>.+?)-(?P<version>\d+\.\d+\.\d+\S*?)\.(?:tar\.gz|tgz|tar\.xz|txz|tar\.zst|tzst)$")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class InstallError(BloomError):
+    code = "install"
+
+
+@dataclass(frozen=True)
+class Installed:
+    version: str
+    instance: str
+    path: Path
+    sha256: str
+    size: int
+
+
+def version_from_name(app: str, tarball: Path) -> str:
+    m = _NAME.match(tarball.name)
+    if not m or m["app"] != app:
+        raise versions.InvalidVersion(
+            f"cannot tell the version from the file name {tarball.name!r}",
+            hint=f"name it {app}-X.Y.Z.tar.gz, or pass --version X.Y.Z",
+        )
+    return m["version"]
+
+
+def expected_checksum(tarball: Path, given: str | None, required: bool) -> str | None:
+    if given:
+        value = given.strip().lower()
+    else:
+        sidecar = tarball.with_name(tarball.name + ".sha256")
+        try:
+            value = sidecar.read_text().split()[0].lower() if sidecar.exists() else ""
+        except (OSError, IndexError):
+            value = ""
+        if not value:
+            if required:
+                raise InstallError(
+                    f"no checksum for {tarball.name}: this app requires one (require_checksum = true)",
+                    hint=f"pass --sha256 HEX, or put the output of 'sha256sum {tarball.name}' in {sidecar.name}",
+                )
+            return None
+    if not _HEX64.fullmatch(value):
+        raise InstallError(f"checksum {value!r} is not a SHA-256 (64 hex digits)")
+    return value
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _open_stream(tarball: Path, fh: BinaryIO) -> tarfile.TarFile:
+    head = fh.read(6)
+    fh.seek(0)
+    kind = next((k for magic, k in _MAGIC.items() if head.startswith(magic)), None)
+    if kind is None:
+        raise InstallError(f"{tarball.name} is not a gzip, xz or zstd compressed tar archive",
+                           hint="build it with: tar -czf APP-VERSION.tar.gz -C BUILD_DIR .")
+    if kind == "zst":
+        import zstandard
+
+        return tarfile.open(fileobj=zstandard.ZstdDecompressor().stream_reader(fh), mode="r|")
+    return tarfile.open(fileobj=fh, mode=f"r|{kind}")
+
+
+def _safe_relpath(name: str) -> PurePosixPath:
+    path = PurePosixPath(name)
+    if path.is_absolute():
+        raise InstallError(f"archive member {name!r} has an absolute path")
+    if ".." in path.parts:
+        raise InstallError(f"archive member {name!r} contains '..'")
+    parts = [p for p in path.parts if p not in (".", "")]
+    return PurePosixPath(*parts) if parts else PurePosixPath(".")
+
+
+def _check_link_target(member: tarfile.TarInfo, rel: PurePosixPath) -> None:
+    target = PurePosixPath(member.linkname)
+    if target.is_absolute():
+        raise InstallError(f"link {member.name!r} points to an absolute path {member.linkname!r}")
+    base = rel.parent if member.issym() else PurePosixPath(".")
+    depth = 0
+    for part in (base / target).parts:
+        depth += -1 if part == ".." else (0 if part == "." else 1)
+        if depth < 0:
+            raise InstallError(f"link {member.name!r} points outside the release: {member.linkname!r}")
+
+
+def unpack(tarball: Path, dest: Path, max_bytes: int) -> int:
+    """Unpack into the empty directory ``dest``; return the total size of regular files."""
+    total = 0
+    with open(tarball, "rb") as fh:
+        try:
+            archive = _open_stream(tarball, fh)
+            with archive:
+                for member in archive:
+                    rel = _safe_relpath(member.name)
+                    target = dest / rel
+                    if member.mode & (stat.S_ISUID | stat.S_ISGID):
+                        raise InstallError(f"archive member {member.name!r} has a setuid or setgid bit")
+                    if member.isdir():
+                        target.mkdir(mode=0o755, parents=True, exist_ok=True)
+                        os.chmod(target, (member.mode & 0o777) | 0o700)
+                    elif member.isfile():
+                        total += member.size
+                        if total > max_bytes:
+                            raise InstallError(
+                                f"release is larger than max_release_bytes ({max_bytes} bytes) once unpacked",
+                                hint="raise max_release_bytes in the app file if this size is expected",
+                            )
+                        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                        source = archive.extractfile(member)
+                        with open(target, "xb") as out:
+                            shutil.copyfileobj(source, out, CHUNK)
+                        os.chmod(target, member.mode & 0o777)
+                    elif member.issym():
+                        _check_link_target(member, rel)
+                        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                        os.symlink(member.linkname, target)
+                    elif member.islnk():
+                        _check_link_target(member, rel)
+                        link_source = dest / _safe_relpath(member.linkname)
+                        if not link_source.is_file() or link_source.is_symlink():
+                            raise InstallError(f"hard link {member.name!r} does not point to a file earlier in the archive")
+                        os.link(link_source, target)
+                    else:
+                        raise InstallError(
+                            f"archive member {member.name!r} is a device, FIFO or other special file; releases hold files, directories and links only"
+                        )
+        except (tarfile.TarError, EOFError, zlib_errors()) as exc:
+            raise InstallError(f"{tarball.name} is not a readable tar archive: {exc}",
+                               hint="check the upload; 'tar -tf FILE' shows what is wrong") from exc
+    return total
+
+
+def zlib_errors() -> tuple[type[BaseException], ...]:
+    import lzma
+    import zlib
+
+    errors: list[type[BaseException]] = [zlib.error, lzma.LZMAError, io.UnsupportedOperation]
+    try:
+        import zstandard
+
+        errors.append(zstandard.ZstdError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _check_exec(app: AppConfig, root: Path) -> None:
+    program = app.argv[0]
+    if program.startswith("/"):
+        return  # an absolute program lives outside the release; the app file vouches for it
+    path = root / program
+    resolved = path.resolve()
+    if not path.exists():
+        raise InstallError(f"the release has no {program!r}, the app's exec (from {app.path})",
+                           hint="the tarball's paths are relative to the release root, e.g. bin/server")
+    if root.resolve() not in resolved.parents:
+        raise InstallError(f"the app's exec {program!r} resolves outside the release")
+    if not resolved.is_file() or not os.access(resolved, os.X_OK):
+        raise InstallError(f"{program!r} in the release is not an executable file", hint="chmod +x it before packing")
+
+
+def _check_free_space(app: AppConfig, needed: int) -> None:
+    usage = shutil.disk_usage(app.releases_dir)
+    if usage.free - needed < app.min_free_bytes:
+        raise InstallError(
+            f"not enough free space in {app.releases_dir}: {usage.free // 2**20} MiB free, the release needs "
+            f"{needed // 2**20} MiB and min_free_bytes keeps {app.min_free_bytes // 2**20} MiB free",
+            hint="remove old releases (bloomctl remove APP VERSION) or free space on that file system",
+        )
+
+
+def install(app: AppConfig, tarball: Path, version: str, checksum: str | None) -> Installed:
+    """Validate and unpack; the caller records the result. Raises InstallError and leaves nothing."""
+    versions.validate(version)
+    instance = versions.instance(version)
+    final = app.releases_dir / instance
+    if final.exists():
+        raise InstallError(f"{app.name} {version} is already installed at {final}",
+                           hint=f"remove it first (bloomctl remove {app.name} {version}) or use a new version")
+    if not tarball.is_file():
+        raise InstallError(f"{tarball}: no such file")
+    app.releases_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    _check_free_space(app, tarball.stat().st_size)
+    digest = sha256_of(tarball)
+    if checksum is not None and digest != checksum:
+        raise InstallError(f"checksum mismatch for {tarball.name}: expected {checksum}, got {digest}",
+                           hint="the file is corrupt or not the one you meant; upload it again")
+    staging = app.releases_dir / f"{STAGING_PREFIX}{instance}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(mode=0o755)
+    try:
+        size = unpack(tarball, staging, app.max_release_bytes)
+        _check_exec(app, staging)
+        _check_free_space(app, 0)
+        os.chmod(staging, 0o755)
+        os.rename(staging, final)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise InstallError(f"cannot install {app.name} {version}: {exc.strerror or exc}",
+                           hint="check free space and permissions under " + str(app.releases_dir)) from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Installed(version=version, instance=instance, path=final, sha256=digest, size=size)
+
+
+def remove_staging_leftovers(app: AppConfig) -> list[Path]:
+    """Staging directories of an install the agent did not finish (killed mid-unpack)."""
+    if not app.releases_dir.is_dir():
+        return []
+    leftovers = [p for p in app.releases_dir.iterdir() if p.name.startswith(STAGING_PREFIX)]
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    return leftovers
+
+
+def remove_release(app: AppConfig, instance: str) -> None:
+    path = app.releases_dir / instance
+    if path.is_dir():
+        # Rename first so a half-deleted tree never looks like an installed release.
+        doomed = app.releases_dir / f"{STAGING_PREFIX}removed-{instance}-{os.getpid()}"
+        os.rename(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)

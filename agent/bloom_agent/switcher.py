@@ -1,0 +1,233 @@
+"""Runs deployments: the I/O for each step of deployment.py's state machine.
+
+Every step is recorded before its I/O starts, and each step's I/O is safe to repeat, so an agent
+killed anywhere resumes by running the recorded step again (``resume``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import versions
+from .apps import AppConfig
+from .deployment import FAIL, OK, OUTCOMES, RESUME_AFTER_RESTART, TERMINAL, Step, next_step
+from .state import StateStore
+from .systemd_adapter import Systemd
+from .unitfiles import UnitWriter
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[dict], None]
+
+
+def _quiet(_: dict) -> None:
+    pass
+
+
+@dataclass
+class Deployment:
+    """One switch in flight: what it moves between, and what it has learned on the way."""
+
+    id: int
+    app: AppConfig
+    action: str
+    new: str
+    old: str | None
+    caller: str
+    reason: str = ""
+    abort: asyncio.Event = field(default_factory=asyncio.Event)
+    abort_reason: str = ""
+    step: Step = Step.STARTING
+    started_at: float = field(default_factory=time.time)
+
+    def unit(self, version: str) -> str:
+        return self.app.instance_unit(versions.instance(version))
+
+    @property
+    def new_unit(self) -> str:
+        return self.unit(self.new)
+
+    @property
+    def old_unit(self) -> str | None:
+        return self.unit(self.old) if self.old else None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    deployment: int
+    app: str
+    action: str
+    version: str
+    from_version: str | None
+    outcome: str
+    exit_code: int
+    reason: str
+    serving: str | None
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+class Switcher:
+    def __init__(self, systemd: Systemd, store: StateStore, units: UnitWriter) -> None:
+        self.systemd = systemd
+        self.store = store
+        self.units = units
+
+    # -- entry points -----------------------------------------------------------------------
+
+    def begin(self, app: AppConfig, action: str, new: str, caller: str) -> Deployment:
+        old = self.store.app_state(app.name)["current"]
+        dep_id = self.store.begin_deployment(app.name, action, new, old, str(Step.STARTING), caller)
+        return Deployment(id=dep_id, app=app, action=action, new=new, old=old, caller=caller)
+
+    def resumed(self, app: AppConfig, row: dict) -> Deployment:
+        dep = Deployment(id=row["id"], app=app, action=row["action"], new=row["version"], old=row["from_version"],
+                         caller=row["caller"])
+        dep.step = RESUME_AFTER_RESTART[Step(row["step"])]
+        dep.reason = f"the agent restarted during step {row['step']}"
+        return dep
+
+    async def run(self, dep: Deployment, progress: Progress = _quiet) -> Outcome:
+        step = dep.step
+        while step not in TERMINAL:
+            dep.step = step
+            self.store.record_step(dep.id, str(step))  # written before the step's I/O
+            progress({"step": str(step), "version": dep.new, "from": dep.old})
+            try:
+                result = await getattr(self, "_" + step.value.replace("-", "_"))(dep)
+            except Exception as exc:  # a step that blows up has failed; the machine decides what next
+                log.exception("%s: step %s of deployment %d failed", dep.app.name, step, dep.id)
+                self._fail(dep, f"{step}: {exc}")
+                result = FAIL
+            step = next_step(step, result)
+        dep.step = step
+        outcome, exit_code = OUTCOMES[step]
+        self.store.finish_deployment(dep.id, str(step), outcome, dep.reason)
+        serving = self.store.app_state(dep.app.name)["current"]
+        log_fn = log.info if exit_code == 0 else (log.error if exit_code == 3 else log.critical)
+        log_fn("%s: %s %s -> %s: %s%s", dep.app.name, dep.action, dep.old, dep.new, outcome,
+               f" ({dep.reason})" if dep.reason else "")
+        return Outcome(dep.id, dep.app.name, dep.action, dep.new, dep.old, outcome, exit_code, dep.reason, serving)
+
+    # -- steps: each returns OK or FAIL -------------------------------------------------------
+
+    def _fail(self, dep: Deployment, reason: str) -> str:
+        if not dep.reason:
+            dep.reason = reason
+        return FAIL
+
+    async def _starting(self, dep: Deployment) -> str:
+        app = dep.app
+        if dep.old is None:
+            # First deploy: the socket must name a release before systemd will start it.
+            if self.units.point_socket(app, versions.instance(dep.new), trial=True):
+                self.systemd.daemon_reload()
+            self.systemd.enable(app.socket_unit)
+            if await self.systemd.start(app.socket_unit) != "done":
+                return self._fail(dep, f"cannot start {app.socket_unit}: {self.systemd.status(app.socket_unit).describe()}")
+        result = await self.systemd.start(dep.new_unit)
+        status = self.systemd.status(dep.new_unit)
+        if result != "done" or not status.active:
+            return self._fail(dep, f"{dep.new_unit} did not become ready within {app.ready_timeout_sec:g} s "
+                                   f"(start job: {result}; {status.describe()})")
+        return OK
+
+    async def _checking(self, dep: Deployment) -> str:
+        status = self.systemd.status(dep.new_unit)
+        if not status.active or status.n_restarts:
+            return self._fail(dep, f"pre-switch check: {status.describe()}")
+        return OK
+
+    async def _pointing(self, dep: Deployment) -> str:
+        if self.units.point_socket(dep.app, versions.instance(dep.new), trial=True):
+            self.systemd.daemon_reload()
+        return OK
+
+    async def _stopping_old(self, dep: Deployment) -> str:
+        self.store.set_app_state(dep.app.name, current=dep.new)
+        self.store.set_release_status(dep.app.name, dep.new, "probation")
+        if dep.old_unit:
+            await self.systemd.stop(dep.old_unit)  # SIGTERM; the old release drains within TimeoutStopSec
+        return OK
+
+    async def _probation(self, dep: Deployment) -> str:
+        app = dep.app
+        baseline = self.systemd.status(dep.new_unit).n_restarts
+        deadline = time.monotonic() + app.probation_sec
+        while True:
+            if dep.abort.is_set():
+                return self._fail(dep, dep.abort_reason or "rollback requested")
+            status = self.systemd.status(dep.new_unit)
+            if not status.active:
+                return self._fail(dep, f"probation: {status.describe()}")
+            if status.n_restarts > baseline:
+                return self._fail(dep, f"probation: {dep.new_unit} restarted ({status.describe()})")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return OK
+            changed = asyncio.ensure_future(self.systemd.wait_for_change(dep.new_unit, remaining))
+            aborted = asyncio.ensure_future(dep.abort.wait())
+            await asyncio.wait({changed, aborted}, return_when=asyncio.FIRST_COMPLETED)
+            changed.cancel()
+            aborted.cancel()
+
+    async def _blessing(self, dep: Deployment) -> str:
+        # The /etc layer now names NEW and the /run layer goes: the effective Service= does not
+        # change, so no daemon-reload is needed; a reboot comes back on NEW.
+        self.units.point_socket(dep.app, versions.instance(dep.new), trial=False)
+        self.store.set_release_status(dep.app.name, dep.new, "good")
+        self.store.set_app_state(dep.app.name, current=dep.new, last_good=dep.new, degraded="")
+        return OK
+
+    async def _reverting(self, dep: Deployment) -> str:
+        app = dep.app
+        await self.systemd.stop(dep.new_unit)
+        self.store.set_release_status(app.name, dep.new, "failed", dep.reason)
+        self.store.set_app_state(app.name, current=dep.old)
+        if dep.old is None:
+            await self._retire_socket(app)
+            return OK
+        if self.units.point_socket(app, versions.instance(dep.old), trial=False):
+            self.systemd.daemon_reload()
+        status = self.systemd.status(dep.old_unit)
+        if not status.active:
+            # OLD should never have stopped; bring it back rather than leave nothing serving.
+            if await self.systemd.start(dep.old_unit) != "done":
+                return self._degrade(dep, f"{dep.old} is not running either: {self.systemd.status(dep.old_unit).describe()}")
+        return OK
+
+    async def _rolling_back(self, dep: Deployment) -> str:
+        app = dep.app
+        self.store.set_release_status(app.name, dep.new, "failed", dep.reason)
+        if dep.old is None:
+            await self.systemd.stop(dep.new_unit)
+            self.store.set_app_state(app.name, current=None)
+            await self._retire_socket(app)
+            dep.reason += "; no earlier release to go back to, so the app is stopped"
+            return OK
+        # The reverse swap: OLD beside NEW, ready, the socket back to OLD, then NEW stopped.
+        result = await self.systemd.start(dep.old_unit)
+        if result != "done" or not self.systemd.status(dep.old_unit).active:
+            return self._degrade(dep, f"cannot start {dep.old} again ({result}; "
+                                      f"{self.systemd.status(dep.old_unit).describe()}); {dep.new} keeps serving")
+        if self.units.point_socket(app, versions.instance(dep.old), trial=False):
+            self.systemd.daemon_reload()
+        self.store.set_app_state(app.name, current=dep.old)
+        await self.systemd.stop(dep.new_unit)
+        return OK
+
+    def _degrade(self, dep: Deployment, why: str) -> str:
+        dep.reason = f"{dep.reason}; {why}" if dep.reason else why
+        self.store.set_app_state(dep.app.name, degraded=why)
+        return FAIL
+
+    async def _retire_socket(self, app: AppConfig) -> None:
+        """No release left to serve: refuse connections rather than queue them for nobody."""
+        await self.systemd.stop(app.socket_unit)
+        self.units.clear_socket_pointer(app)
+        self.systemd.daemon_reload()

@@ -1,0 +1,200 @@
+"""The one door to systemd: start and stop units, read their state, hear about changes.
+
+Real implementation over pystemd's D-Bus binding; the bus's file descriptor sits in the asyncio
+loop, so job completion (JobRemoved) and unit changes (PropertiesChanged) arrive as events, never
+by polling. Unit tests use a fake with the same interface (tests/unit/fake_systemd.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from .errors import BloomError
+
+log = logging.getLogger(__name__)
+
+SYSTEMD = b"org.freedesktop.systemd1"
+MANAGER_PATH = b"/org/freedesktop/systemd1"
+
+
+@dataclass(frozen=True)
+class UnitStatus:
+    name: str
+    load_state: str
+    active_state: str
+    sub_state: str
+    result: str          # services: "success", "exit-code", "signal", "watchdog", "timeout", ...
+    n_restarts: int
+    main_pid: int
+    exec_main_status: int
+
+    @property
+    def active(self) -> bool:
+        return self.active_state == "active"
+
+    def describe(self) -> str:
+        text = f"{self.name} is {self.active_state} ({self.sub_state}), result {self.result}"
+        if self.exec_main_status:
+            text += f", exit status {self.exec_main_status}"
+        if self.n_restarts:
+            text += f", restarted {self.n_restarts} time(s)"
+        return text
+
+
+class Systemd(Protocol):
+    async def start(self, unit: str) -> str: ...
+    async def stop(self, unit: str) -> str: ...
+    def daemon_reload(self) -> None: ...
+    def enable(self, unit: str) -> None: ...
+    def status(self, unit: str) -> UnitStatus: ...
+    def instances(self, pattern: str) -> list[UnitStatus]: ...
+    async def wait_for_change(self, unit: str, timeout: float) -> bool: ...
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class SystemdUnavailable(BloomError):
+    code = "systemd_unavailable"
+
+
+class NoSystemd:
+    """Stands in when the agent runs where systemd is not reachable (by hand, in a build chroot)."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def _refuse(self, *args, **kwargs):
+        raise SystemdUnavailable(f"systemd is not reachable over D-Bus ({self.why})",
+                                 hint="app operations need the agent running under systemd")
+
+    start = stop = daemon_reload = enable = status = wait_for_change = _refuse
+
+    def instances(self, pattern: str) -> list[UnitStatus]:
+        return []
+
+
+def connect() -> "PystemdSystemd | NoSystemd":
+    try:
+        return PystemdSystemd()
+    except Exception as exc:  # no system bus, no permission: run on, and say so where it matters
+        log.warning("systemd not reachable over D-Bus: %s; app operations are unavailable", exc)
+        return NoSystemd(str(exc))
+
+
+class PystemdSystemd:
+    """systemd over D-Bus. Create it inside the running loop; the bus is passed in or opened here."""
+
+    def __init__(self, bus=None) -> None:
+        from pystemd.dbuslib import DBus
+        from pystemd.systemd1 import Manager
+
+        self._bus = bus or DBus()
+        if bus is None:
+            self._bus.open()
+        self._manager = Manager(bus=self._bus)
+        self._manager.load()
+        self._manager.Manager.Subscribe()
+        self._jobs: dict[bytes, asyncio.Future] = {}
+        self._watchers: dict[bytes, set[asyncio.Event]] = {}
+        self._callbacks: list = []
+        self._match(MANAGER_PATH, b"org.freedesktop.systemd1.Manager", b"JobRemoved", self._on_job_removed)
+        self._matched_paths: set[bytes] = set()
+        asyncio.get_running_loop().add_reader(self._bus.get_fd(), self._dispatch)
+
+    def _match(self, path: bytes, interface: bytes, member: bytes, method) -> None:
+        # pystemd sets attributes on the callback (a bound method allows none) and does not keep a
+        # reference to it: we must, or the bus calls freed memory.
+        def callback(msg, error=None, userdata=None):
+            method(msg)
+
+        self._callbacks.append(callback)
+        self._bus.match_signal(SYSTEMD, path, interface, member, callback)
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self._bus.get_fd())
+        self._bus.close()
+
+    def _dispatch(self) -> None:
+        while not self._bus.process().is_empty():
+            pass
+
+    def _on_job_removed(self, msg) -> None:
+        msg.process_reply(True)
+        _id, job, _unit, result = msg.body
+        future = self._jobs.pop(job, None)
+        if future is not None and not future.done():
+            future.set_result(_text(result))
+
+    def _on_properties(self, msg) -> None:
+        msg.process_reply(True)
+        for event in self._watchers.get(msg.headers.get("Path", b""), ()):
+            event.set()
+
+    async def _job(self, method, unit: str) -> str:
+        future = asyncio.get_running_loop().create_future()
+        # sd_bus_call queues signals instead of dispatching them, so JobRemoved cannot slip past
+        # between the call's return and the registration below.
+        job = method(unit.encode(), b"replace")
+        self._jobs[job] = future
+        return await future
+
+    async def start(self, unit: str) -> str:
+        return await self._job(self._manager.Manager.StartUnit, unit)
+
+    async def stop(self, unit: str) -> str:
+        return await self._job(self._manager.Manager.StopUnit, unit)
+
+    def daemon_reload(self) -> None:
+        self._manager.Manager.Reload()
+
+    def enable(self, unit: str) -> None:
+        self._manager.Manager.EnableUnitFiles([unit.encode()], False, True)
+
+    def _unit(self, unit: str):
+        from pystemd.systemd1 import Unit
+
+        u = Unit(unit.encode(), bus=self._bus)
+        u.load()
+        return u
+
+    def status(self, unit: str) -> UnitStatus:
+        u = self._unit(unit)
+        is_service = unit.endswith(".service") and u.Unit.LoadState == b"loaded"
+        return UnitStatus(
+            name=unit,
+            load_state=_text(u.Unit.LoadState),
+            active_state=_text(u.Unit.ActiveState),
+            sub_state=_text(u.Unit.SubState),
+            result=_text(u.Service.Result) if is_service else "",
+            n_restarts=int(u.Service.NRestarts) if is_service else 0,
+            main_pid=int(u.Service.MainPID) if is_service else 0,
+            exec_main_status=int(u.Service.ExecMainStatus) if is_service else 0,
+        )
+
+    def instances(self, pattern: str) -> list[UnitStatus]:
+        listed = self._manager.Manager.ListUnitsByPatterns([], [pattern.encode()])
+        return [self.status(_text(row[0])) for row in listed]
+
+    async def wait_for_change(self, unit: str, timeout: float) -> bool:
+        """Wait until systemd reports a property change on ``unit``, or ``timeout``; True if it changed."""
+        path = self._unit(unit).path
+        if path not in self._matched_paths:
+            # One match per unit path: pystemd's match_signal does not take a wildcard path.
+            self._match(path, b"org.freedesktop.DBus.Properties", b"PropertiesChanged", self._on_properties)
+            self._matched_paths.add(path)
+        event = asyncio.Event()
+        self._watchers.setdefault(path, set()).add(event)
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self._watchers[path].discard(event)
+            if not self._watchers[path]:
+                del self._watchers[path]

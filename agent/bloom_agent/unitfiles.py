@@ -1,0 +1,164 @@
+"""Render the app's units from the jinja2 templates and write them where systemd looks.
+
+Two layers for the socket's ``Service=`` (which release systemd activates when nothing runs):
+``/etc/systemd/system/APP.socket.d/`` holds the blessed release and survives a reboot;
+``/run/systemd/system/APP.socket.d/`` holds a release on trial and is gone after a reboot, so a host
+that reboots during probation comes back on the last good release.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from .apps import AppConfig
+
+_HERE = Path(__file__).resolve().parent
+# Installed by the package; the source tree's copy serves tests and development.
+TEMPLATE_DIRS = [Path("/usr/share/bloom-agent/templates"), _HERE.parent.parent / "units" / "templates"]
+DROPIN_NAME = "50-bloom-release.conf"
+
+
+@dataclass(frozen=True)
+class UnitPaths:
+    etc: Path = Path("/etc/systemd/system")
+    run: Path = Path("/run/systemd/system")
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(d) for d in TEMPLATE_DIRS if d.is_dir()]),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.globals.update(seconds=_seconds, quote=_quote)
+    return env
+
+
+def _seconds(value: float) -> str:
+    return f"{int(value)}s" if float(value).is_integer() else f"{int(value * 1000)}ms"
+
+
+def _escape(word: str) -> str:
+    """systemd expands % specifiers and $ variables in unit files: double them, and escape quoting."""
+    return word.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+
+
+def _quote(word: str) -> str:
+    return f'"{_escape(word)}"'
+
+
+def exec_start(app: AppConfig) -> str:
+    argv = app.argv
+    # The one specifier we mean: %i, the release's instance name, which is also its directory's name.
+    program = _escape(argv[0]) if argv[0].startswith("/") else f"{_escape(str(app.releases_dir))}/%i/{_escape(argv[0])}"
+    return " ".join([f'"{program}"'] + [_quote(a) for a in argv[1:]])
+
+
+def render_socket(app: AppConfig) -> str:
+    return _environment().get_template("app.socket.j2").render(
+        app=app, unix_sockets=any(a.startswith("/") for a in app.listen)
+    )
+
+
+def render_service(app: AppConfig) -> str:
+    # %i is the instance (the release's instance name); the release directory is named the same.
+    return _environment().get_template("app@.service.j2").render(
+        app=app, release_dir=f"{_escape(str(app.releases_dir))}/%i", exec_start=exec_start(app)
+    )
+
+
+def render_release_dropin(app: AppConfig, instance: str) -> str:
+    return (
+        "# Written by bloom-agent: the release systemd starts when a connection arrives and none runs.\n"
+        f"[Socket]\nService={app.instance_unit(instance)}\n"
+    )
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    """Atomic replace (temp file, fsync, rename); returns whether anything changed."""
+    try:
+        if path.read_text() == text:
+            return False
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_if_present(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+class UnitWriter:
+    def __init__(self, paths: UnitPaths | None = None) -> None:
+        self.paths = paths or UnitPaths()
+
+    def write_app_units(self, app: AppConfig) -> bool:
+        changed = write_if_changed(self.paths.etc / app.socket_unit, render_socket(app))
+        changed |= write_if_changed(self.paths.etc / app.template_unit, render_service(app))
+        return changed
+
+    def dropin(self, app: AppConfig, layer: str) -> Path:
+        base = self.paths.etc if layer == "etc" else self.paths.run
+        return base / f"{app.socket_unit}.d" / DROPIN_NAME
+
+    def point_socket(self, app: AppConfig, instance: str, *, trial: bool) -> bool:
+        """Trial: only the /run layer names the new release. Blessed: /etc names it, /run is cleared."""
+        text = render_release_dropin(app, instance)
+        if trial:
+            return write_if_changed(self.dropin(app, "run"), text)
+        changed = write_if_changed(self.dropin(app, "etc"), text)
+        return remove_if_present(self.dropin(app, "run")) or changed
+
+    def pointed_instance(self, app: AppConfig) -> str | None:
+        """What the socket activates now: the /run layer wins over /etc (it sorts after it)."""
+        for layer in ("run", "etc"):
+            try:
+                text = self.dropin(app, layer).read_text()
+            except FileNotFoundError:
+                continue
+            for line in text.splitlines():
+                if line.startswith("Service="):
+                    unit = line.split("=", 1)[1].strip()
+                    return unit.removeprefix(f"{app.name}@").removesuffix(".service")
+        return None
+
+    def clear_socket_pointer(self, app: AppConfig) -> None:
+        remove_if_present(self.dropin(app, "run"))
+        remove_if_present(self.dropin(app, "etc"))
+
+    def remove_app_units(self, app: AppConfig) -> None:
+        for path in (self.paths.etc / app.socket_unit, self.paths.etc / app.template_unit,
+                     self.dropin(app, "etc"), self.dropin(app, "run")):
+            remove_if_present(path)

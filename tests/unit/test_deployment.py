@@ -1,0 +1,67 @@
+import pytest
+
+from bloom_agent.deployment import (
+    FAIL, FIRST_STEP, OK, OUTCOMES, RESUME_AFTER_RESTART, TERMINAL, TRANSITIONS, InvalidTransition, Step, next_step,
+    serving_version,
+)
+
+
+def walk(results):
+    step, path = FIRST_STEP, [FIRST_STEP]
+    for result in results:
+        step = next_step(step, result)
+        path.append(step)
+    return path
+
+
+def test_happy_path():
+    assert walk([OK] * 6) == [Step.STARTING, Step.CHECKING, Step.POINTING, Step.STOPPING_OLD, Step.PROBATION,
+                              Step.BLESSING, Step.DONE]
+
+
+@pytest.mark.parametrize("fail_at", [0, 1, 2])
+def test_failure_before_old_stops_reverts(fail_at):
+    path = walk([OK] * fail_at + [FAIL, OK])
+    assert path[-2:] == [Step.REVERTING, Step.FAILED]
+
+
+def test_failure_in_probation_rolls_back():
+    assert walk([OK, OK, OK, OK, FAIL, OK])[-2:] == [Step.ROLLING_BACK, Step.ROLLED_BACK]
+
+
+def test_failed_way_back_is_degraded():
+    assert walk([FAIL, FAIL])[-1] == Step.DEGRADED
+    assert walk([OK, OK, OK, OK, FAIL, FAIL])[-1] == Step.DEGRADED
+
+
+def test_every_non_terminal_step_has_a_way_forward_and_a_resume_point():
+    for step in Step:
+        if step in TERMINAL:
+            assert not any(s == step for s, _ in TRANSITIONS), f"{step} is terminal but has transitions"
+            assert step in OUTCOMES
+        else:
+            assert (step, OK) in TRANSITIONS
+            assert step in RESUME_AFTER_RESTART
+
+
+def test_every_terminal_step_is_reachable():
+    assert TERMINAL <= set(TRANSITIONS.values())
+
+
+def test_stopping_old_cannot_fail():
+    with pytest.raises(InvalidTransition):
+        next_step(Step.STOPPING_OLD, FAIL)
+
+
+def test_resume_before_old_stopped_goes_back_to_old():
+    for step in (Step.STARTING, Step.CHECKING, Step.POINTING):
+        assert RESUME_AFTER_RESTART[step] == Step.REVERTING
+        assert serving_version(step, "1.0.0", "2.0.0") == "1.0.0"
+    for step in (Step.STOPPING_OLD, Step.PROBATION, Step.BLESSING):
+        assert RESUME_AFTER_RESTART[step] == step
+        assert serving_version(step, "1.0.0", "2.0.0") == "2.0.0"
+
+
+def test_exit_codes():
+    assert {OUTCOMES[s][1] for s in TERMINAL} == {0, 3, 4}
+    assert OUTCOMES[Step.DEGRADED] == ("degraded", 4)

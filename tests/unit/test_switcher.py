@@ -1,0 +1,163 @@
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from bloom_agent.apps import load_app
+from bloom_agent.state import StateStore
+from bloom_agent.switcher import Switcher
+from bloom_agent.unitfiles import UnitPaths, UnitWriter
+from fake_systemd import FakeSystemd
+
+
+@pytest.fixture
+def env(tmp_path):
+    app_file = tmp_path / "web.toml"
+    app_file.write_text(f'listen = ["127.0.0.1:8080"]\nexec = "bin/app"\nprobation_sec = 0.3\nreleases_dir = "{tmp_path}/rel"\n')
+    app = load_app(app_file)
+    store = StateStore(tmp_path / "state.db")
+    for v in ("1.0.0", "2.0.0"):
+        store.add_release("web", v, v, "0" * 64, 1)
+    units = UnitWriter(UnitPaths(etc=tmp_path / "etc", run=tmp_path / "run"))
+    systemd = FakeSystemd()
+    return app, store, units, systemd, Switcher(systemd, store, units)
+
+
+def deploy(env, version, caller="root"):
+    app, store, units, systemd, switcher = env
+    dep = switcher.begin(app, "switch", version, caller)
+    return dep, asyncio.run(switcher.run(dep))
+
+
+def steps(store, dep_id):
+    return [s["step"] for s in store.steps(dep_id)]
+
+
+def test_first_deploy_points_socket_and_blesses(env):
+    app, store, units, systemd, _ = env
+    dep, out = deploy(env, "1.0.0")
+    assert (out.outcome, out.exit_code, out.serving) == ("done", 0, "1.0.0")
+    assert systemd.calls[:4] == [("daemon-reload", ""), ("enable", "web.socket"), ("start", "web.socket"), ("start", "web@1.0.0.service")]
+    assert units.pointed_instance(app) == "1.0.0"
+    assert units.dropin(app, "etc").exists() and not units.dropin(app, "run").exists()
+    assert store.app_state("web") == {"current": "1.0.0", "last_good": "1.0.0", "degraded": ""}
+    assert steps(store, dep.id) == ["starting", "checking", "pointing", "stopping-old", "probation", "blessing", "done"]
+
+
+def test_switch_starts_new_before_stopping_old_with_one_reload(env):
+    app, store, units, systemd, _ = env
+    deploy(env, "1.0.0")
+    systemd.calls.clear()
+    _, out = deploy(env, "2.0.0")
+    assert out.outcome == "done" and out.from_version == "1.0.0"
+    assert systemd.calls == [("start", "web@2.0.0.service"), ("daemon-reload", ""), ("stop", "web@1.0.0.service")]
+    assert store.release("web", "2.0.0")["status"] == "good"
+    assert store.app_state("web")["current"] == "2.0.0"
+
+
+def test_new_release_that_never_gets_ready_leaves_old_serving(env):
+    app, store, units, systemd, _ = env
+    deploy(env, "1.0.0")
+    systemd.start_results["web@2.0.0.service"] = "timeout"
+    systemd.calls.clear()
+    _, out = deploy(env, "2.0.0")
+    assert (out.outcome, out.exit_code, out.serving) == ("failed", 3, "1.0.0")
+    assert "web@2.0.0.service did not become ready within 30 s (start job: timeout" in out.reason
+    assert ("stop", "web@1.0.0.service") not in systemd.calls
+    assert systemd.unit("web@1.0.0.service").active_state == "active"
+    assert units.pointed_instance(app) == "1.0.0"
+    assert store.release("web", "2.0.0")["status"] == "failed"
+
+
+def test_crash_in_probation_rolls_back_with_reverse_swap(env):
+    app, store, units, systemd, switcher = env
+    deploy(env, "1.0.0")
+    systemd.calls.clear()
+    dep = switcher.begin(app, "switch", "2.0.0", "root")
+
+    async def crash_later():
+        await asyncio.sleep(0.1)
+        systemd.crash("web@2.0.0.service")
+
+    async def both():
+        crasher = asyncio.ensure_future(crash_later())
+        out = await switcher.run(dep)
+        await crasher
+        return out
+
+    out = asyncio.run(both())
+    assert (out.outcome, out.exit_code, out.serving) == ("rolled-back", 3, "1.0.0")
+    assert "restarted" in out.reason
+    # Reverse swap: old started again before new stopped.
+    tail = systemd.calls[-3:]
+    assert tail == [("start", "web@1.0.0.service"), ("daemon-reload", ""), ("stop", "web@2.0.0.service")]
+    assert units.pointed_instance(app) == "1.0.0"
+    assert store.release("web", "2.0.0")["status"] == "failed"
+
+
+def test_rollback_that_cannot_start_old_is_degraded_and_keeps_new(env):
+    app, store, units, systemd, switcher = env
+    deploy(env, "1.0.0")
+    dep = switcher.begin(app, "switch", "2.0.0", "root")
+    systemd.start_results["web@1.0.0.service"] = "failed"
+
+    async def run():
+        async def crash():
+            await asyncio.sleep(0.1)
+            systemd.crash("web@2.0.0.service")
+        c = asyncio.ensure_future(crash())
+        out = await switcher.run(dep)
+        await c
+        return out
+
+    out = asyncio.run(run())
+    assert (out.outcome, out.exit_code) == ("degraded", 4)
+    assert systemd.unit("web@2.0.0.service").active_state == "active"
+    assert store.app_state("web")["degraded"]
+
+
+def test_abort_during_probation_is_immediate(env):
+    app, store, units, systemd, switcher = env
+    deploy(env, "1.0.0")
+    app_slow = app.__class__(**{**app.__dict__, "probation_sec": 60})
+    dep = switcher.begin(app_slow, "switch", "2.0.0", "root")
+
+    async def run():
+        async def abort():
+            await asyncio.sleep(0.1)
+            dep.abort_reason = "rollback requested by root"
+            dep.abort.set()
+        a = asyncio.ensure_future(abort())
+        out = await asyncio.wait_for(switcher.run(dep), 5)
+        await a
+        return out
+
+    out = asyncio.run(run())
+    assert out.outcome == "rolled-back" and out.reason == "rollback requested by root"
+
+
+@pytest.mark.parametrize("step", ["starting", "checking", "pointing"])
+def test_resume_before_old_stopped_reverts_to_old(env, step):
+    app, store, units, systemd, switcher = env
+    deploy(env, "1.0.0")
+    dep = switcher.begin(app, "switch", "2.0.0", "root")
+    store.record_step(dep.id, step)
+    asyncio.run(systemd.start("web@2.0.0.service"))  # the killed agent had started it
+    row = store.unfinished_deployments()[0]
+    out = asyncio.run(switcher.run(switcher.resumed(app, row)))
+    assert (out.outcome, out.serving) == ("failed", "1.0.0")
+    assert "the agent restarted during step " + step in out.reason
+    assert systemd.unit("web@2.0.0.service").active_state == "inactive"
+    assert systemd.unit("web@1.0.0.service").active_state == "active"
+
+
+def test_resume_in_probation_keeps_new(env):
+    app, store, units, systemd, switcher = env
+    deploy(env, "1.0.0")
+    dep = switcher.begin(app, "switch", "2.0.0", "root")
+    asyncio.run(systemd.start("web@2.0.0.service"))
+    asyncio.run(systemd.stop("web@1.0.0.service"))
+    store.record_step(dep.id, "probation")
+    out = asyncio.run(switcher.run(switcher.resumed(app, store.unfinished_deployments()[0])))
+    assert (out.outcome, out.serving) == ("done", "2.0.0")
+    assert store.unfinished_deployments() == []
