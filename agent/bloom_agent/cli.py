@@ -35,21 +35,187 @@ def cli(ctx: click.Context, socket_path: Path) -> None:
     ctx.obj = Context(socket_path)
 
 
+wait_option = click.option("--wait/--no-wait", default=True, show_default=True,
+                           help="Wait for the outcome (through probation), or return once the switch has started.")
+
+
 @cli.command()
+@click.argument("app", required=False)
 @json_option
 @click.pass_obj
-def status(obj: Context, as_json: bool) -> None:
-    """Show the agent and its apps."""
-    result = obj.call("status")
+def status(obj: Context, app: str | None, as_json: bool) -> None:
+    """Show the agent and its apps, or one APP."""
+    result = obj.call("status", {"app": app} if app else {})
     if as_json:
         _print_json(result)
+        return
+    if app:
+        _echo_app(result)
         return
     agent = result["agent"]
     click.echo(f"bloom-agent {agent['version']}: {agent['state']} (pid {agent['pid']}, up {_duration(agent['uptime_sec'])})")
     click.echo(f"  config: {agent['config']} (loaded {agent['config_loaded_at']})")
     click.echo(f"  state:  {agent['state_db']}")
     apps = result.get("apps") or []
-    click.echo("  apps:   " + (", ".join(a["name"] for a in apps) if apps else "none configured"))
+    if not apps:
+        click.echo("  apps:   none configured")
+    for a in apps:
+        _echo_app(a, indent="  ")
+    for path, err in (result.get("app_errors") or {}).items():
+        click.echo(f"  not loaded: {err}", err=True)
+
+
+def _echo_app(a: dict, indent: str = "") -> None:
+    click.echo(f"{indent}{a['name']}: {a['state']}, current {a['current'] or '-'}, last good {a['last_good'] or '-'}")
+    if a.get("busy"):
+        click.echo(f"{indent}  {a['busy']}")
+    if a.get("degraded"):
+        click.echo(f"{indent}  degraded: {a['degraded']}")
+    click.echo(f"{indent}  running: {', '.join(a['running']) or 'nothing'}")
+
+
+@cli.command()
+@click.pass_obj
+def reload(obj: Context) -> None:
+    """Re-read the agent's configuration and the app files (like systemctl reload bloom-agent)."""
+    result = obj.call("reload")
+    click.echo(f"apps: {', '.join(result['apps']) or 'none'}")
+    for err in (result.get("app_errors") or {}).values():
+        click.echo(f"not loaded: {err}", err=True)
+    if not result["config_reloaded"]:
+        raise BloomError("the agent's configuration was not reloaded; see: journalctl -u bloom-agent")
+
+
+tarball_argument = click.argument("tarball", type=click.Path(path_type=Path, dir_okay=False, exists=True, readable=True))
+version_option = click.option("--version", "version", help="Release version (default: from the file name APP-VERSION.tar.gz).")
+sha256_option = click.option("--sha256", help="Expected SHA-256 (default: from TARBALL.sha256 next to it).")
+
+
+@cli.command()
+@click.argument("app")
+@tarball_argument
+@version_option
+@sha256_option
+@json_option
+@click.pass_obj
+def install(obj: Context, app: str, tarball: Path, version: str | None, sha256: str | None, as_json: bool) -> None:
+    """Validate and unpack a release of APP from TARBALL."""
+    result = obj.call("install", {"app": app, "tarball": str(tarball.resolve()), "version": version, "sha256": sha256})
+    if as_json:
+        _print_json(result)
+    else:
+        click.echo(f"installed {app} {result['version']} ({result['size']} bytes) in {result['path']}")
+
+
+@cli.command()
+@click.argument("app")
+@json_option
+@click.pass_obj
+def releases(obj: Context, app: str, as_json: bool) -> None:
+    """List APP's installed releases with their status."""
+    rows = obj.call("releases", {"app": app})
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        click.echo(f"{app}: no releases installed")
+        return
+    click.echo(f"{'VERSION':<20} {'STATUS':<18} {'INSTALLED':<25} {'SIZE':>10}  SHA256")
+    for r in rows:
+        click.echo(f"{r['version']:<20} {r['status']:<18} {r['installed_at']:<25} {r['size']:>10}  {r['sha256'][:16]}")
+        if r["reason"]:
+            click.echo(f"{'':<20} {r['reason']}")
+
+
+@cli.command()
+@click.argument("app")
+@click.argument("version")
+@click.pass_obj
+def remove(obj: Context, app: str, version: str) -> None:
+    """Remove an installed release that is not in use."""
+    obj.call("remove", {"app": app, "version": version})
+    click.echo(f"removed {app} {version}")
+
+
+@cli.command()
+@click.argument("app")
+@click.argument("version")
+@wait_option
+@json_option
+@click.pass_obj
+def switch(obj: Context, app: str, version: str, wait: bool, as_json: bool) -> None:
+    """Switch APP to an installed VERSION without downtime."""
+    _report_switch(obj, "switch", {"app": app, "version": version, "wait": wait}, as_json)
+
+
+@cli.command()
+@click.argument("app")
+@tarball_argument
+@version_option
+@sha256_option
+@wait_option
+@json_option
+@click.pass_obj
+def deploy(obj: Context, app: str, tarball: Path, version: str | None, sha256: str | None, wait: bool,
+           as_json: bool) -> None:
+    """Install TARBALL and switch APP to it."""
+    _report_switch(obj, "deploy", {"app": app, "tarball": str(tarball.resolve()), "version": version,
+                                   "sha256": sha256, "wait": wait}, as_json)
+
+
+@cli.command()
+@click.argument("app")
+@click.option("--to", "to", help="Roll back to this version (default: the previous good release).")
+@wait_option
+@json_option
+@click.pass_obj
+def rollback(obj: Context, app: str, to: str | None, wait: bool, as_json: bool) -> None:
+    """Switch APP back to its previous good release (during probation: abort it now)."""
+    _report_switch(obj, "rollback", {"app": app, "to": to, "wait": wait}, as_json)
+
+
+@cli.command()
+@click.argument("app")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+@json_option
+@click.pass_obj
+def history(obj: Context, app: str, limit: int, as_json: bool) -> None:
+    """Show APP's installs, switches and rollbacks, newest first."""
+    rows = obj.call("history", {"app": app, "limit": limit})
+    if as_json:
+        _print_json(rows)
+        return
+    click.echo(f"{'TIME':<25} {'ACTION':<10} {'VERSION':<16} {'FROM':<16} {'OUTCOME':<12} {'BY':<10} REASON")
+    for r in rows:
+        click.echo(f"{r['started_at']:<25} {r['action']:<10} {r['version']:<16} {r['from'] or '-':<16} "
+                   f"{r['outcome']:<12} {r['caller']:<10} {r['reason']}")
+
+
+def _report_switch(obj: Context, command: str, args: dict, as_json: bool) -> None:
+    show_progress = sys.stderr.isatty() and not as_json
+
+    def on_progress(p: dict) -> None:
+        if show_progress:
+            click.echo(f"  {p.get('step')}: {p.get('version')}", err=True)
+
+    result = client.call(command, args, socket_path=obj.socket_path, on_progress=on_progress, timeout=None)
+    if as_json:
+        _print_json(result)
+    elif result["outcome"] in ("started", "aborting"):
+        click.echo(f"{result['app']}: {command} to {result['version']} {result['outcome']} (deployment {result['deployment']})")
+    else:
+        click.echo(f"{result['app']}: {result['from_version'] or '-'} -> {result['version']}: {result['outcome']}")
+    if result["exit_code"]:
+        raise SwitchFailed(result)
+
+
+class SwitchFailed(BloomError):
+    """The switch finished, but not on the new release: exit 3 (previous restored) or 4 (restore failed)."""
+
+    def __init__(self, result: dict) -> None:
+        what = "the previous release was restored" if result["exit_code"] == 3 else "CRITICAL: the way back failed too"
+        super().__init__(f"{result['app']} {result['version']}: {result['outcome']}: {result['reason']}; {what}")
+        self.exit_code = result["exit_code"]
 
 
 def _print_json(value: Any) -> None:

@@ -158,13 +158,13 @@ def unpack(tarball: Path, dest: Path, max_bytes: int) -> int:
                         raise InstallError(
                             f"archive member {member.name!r} is a device, FIFO or other special file; releases hold files, directories and links only"
                         )
-        except (tarfile.TarError, EOFError, zlib_errors()) as exc:
+        except (tarfile.TarError, EOFError, *_decompression_errors()) as exc:
             raise InstallError(f"{tarball.name} is not a readable tar archive: {exc}",
                                hint="check the upload; 'tar -tf FILE' shows what is wrong") from exc
     return total
 
 
-def zlib_errors() -> tuple[type[BaseException], ...]:
+def _decompression_errors() -> tuple[type[BaseException], ...]:
     import lzma
     import zlib
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import versions
+from . import failpoints, versions
 from .apps import AppConfig
 from .deployment import FAIL, OK, OUTCOMES, RESUME_AFTER_RESTART, TERMINAL, Step, next_step
 from .state import StateStore
@@ -97,6 +97,7 @@ class Switcher:
         while step not in TERMINAL:
             dep.step = step
             self.store.record_step(dep.id, str(step))  # written before the step's I/O
+            failpoints.hit(str(step))
             progress({"step": str(step), "version": dep.new, "from": dep.old})
             try:
                 result = await getattr(self, "_" + step.value.replace("-", "_"))(dep)

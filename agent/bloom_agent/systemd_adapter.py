@@ -123,6 +123,11 @@ class PystemdSystemd:
         while not self._bus.process().is_empty():
             pass
 
+    def _kick(self) -> None:
+        # A synchronous call reads whatever else is on the socket into sd-bus's queue; the fd is then
+        # no longer readable, so the loop would not wake for those signals. Process them soon.
+        asyncio.get_running_loop().call_soon(self._dispatch)
+
     def _on_job_removed(self, msg) -> None:
         msg.process_reply(True)
         _id, job, _unit, result = msg.body
@@ -141,6 +146,7 @@ class PystemdSystemd:
         # between the call's return and the registration below.
         job = method(unit.encode(), b"replace")
         self._jobs[job] = future
+        self._kick()
         return await future
 
     async def start(self, unit: str) -> str:
@@ -151,15 +157,18 @@ class PystemdSystemd:
 
     def daemon_reload(self) -> None:
         self._manager.Manager.Reload()
+        self._kick()
 
     def enable(self, unit: str) -> None:
         self._manager.Manager.EnableUnitFiles([unit.encode()], False, True)
+        self._kick()
 
     def _unit(self, unit: str):
         from pystemd.systemd1 import Unit
 
         u = Unit(unit.encode(), bus=self._bus)
         u.load()
+        self._kick()
         return u
 
     def status(self, unit: str) -> UnitStatus:

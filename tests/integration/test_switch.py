@@ -1,0 +1,276 @@
+"""Releases and the zero-downtime switch on real systemd, with the sample app's good and bad releases."""
+
+import io
+import json
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from test_agent_package import show, wait_until
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "sampleapp"))
+from make_release import make_release  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("installed")
+
+APP_FILE = """\
+listen = ["127.0.0.1:8080"]
+exec = "bin/sampleapp"
+probation_sec = 2
+ready_timeout_sec = 4
+stop_timeout_sec = 10
+keep_releases = 4
+"""
+
+
+class App:
+    """The app 'web' on the machine, and releases of the sample app built on this side."""
+
+    def __init__(self, machine, workdir: Path) -> None:
+        self.machine, self.host, self.workdir = machine, machine.host, workdir
+        self.host.check_output("mkdir -p /etc/bloom/apps /root/releases")
+        self.host.check_output(f"cat > /etc/bloom/apps/web.toml <<'EOF'\n{APP_FILE}EOF")
+        self.host.check_output("bloomctl reload")
+
+    def release(self, version: str, faults: dict | None = None) -> str:
+        """Build web-VERSION.tar.gz (+ .sha256) and copy it to the machine; returns its path there."""
+        built = make_release(version, self.workdir, faults=faults)
+        remote = f"/root/releases/web-{version}.tar.gz"
+        self.machine.put(built, remote)
+        self.machine.put(Path(f"{built}.sha256"), f"{remote}.sha256")
+        return remote
+
+    def bloomctl(self, *args: str):
+        return self.host.run("bloomctl " + " ".join(args))
+
+    def serving(self) -> str:
+        return self.host.check_output("curl -sS --max-time 5 http://127.0.0.1:8080/")
+
+    def status(self) -> dict:
+        return json.loads(self.host.check_output("bloomctl status web --json"))
+
+    def running(self) -> list[str]:
+        out = self.host.check_output("systemctl list-units --no-legend --plain --state=active,activating,reloading 'web@*.service'")
+        return sorted(line.split()[0] for line in out.splitlines() if line.strip())
+
+    def releases(self) -> dict[str, dict]:
+        return {r["version"]: r for r in json.loads(self.host.check_output("bloomctl releases web --json"))}
+
+    def history(self) -> list[dict]:
+        return json.loads(self.host.check_output("bloomctl history web --json"))
+
+
+@pytest.fixture(scope="module")
+def app(machine, tmp_path_factory):
+    return App(machine, tmp_path_factory.mktemp("releases"))
+
+
+def test_first_deploy(app):
+    tarball = app.release("1.0.0")
+    out = app.bloomctl("deploy web", tarball)
+    assert out.rc == 0, out.stderr
+    assert "web: - -> 1.0.0: done" in out.stdout
+    assert app.serving() == "sampleapp 1.0.0"
+    status = app.status()
+    assert (status["current"], status["state"], status["running"]) == ("1.0.0", "serving", ["web@1.0.0.service"])
+    assert app.host.service("web.socket").is_enabled
+    assert app.host.file("/etc/systemd/system/web.socket.d/50-bloom-release.conf").contains("Service=web@1.0.0.service")
+    assert not app.host.file("/run/systemd/system/web.socket.d/50-bloom-release.conf").exists
+
+
+def test_switch_under_load_loses_no_request(app):
+    app.host.check_output("bloomctl install web " + app.release("1.1.0"))
+    app.host.check_output("rm -f /tmp/wrk.out; (wrk -t2 -c40 -d6s http://127.0.0.1:8080/ > /tmp/wrk.out 2>&1 &)")
+    time.sleep(1.5)
+    out = app.bloomctl("switch web 1.1.0")
+    assert out.rc == 0, out.stderr
+    wrk = wait_until(lambda: (t := app.host.check_output("cat /tmp/wrk.out")) and "Requests/sec" in t and t, 20, "wrk")
+    assert "Socket errors" not in wrk, wrk
+    assert "Non-2xx" not in wrk, wrk
+    assert int(wrk.split(" requests in ")[0].split()[-1]) > 1000, wrk
+    assert app.serving() == "sampleapp 1.1.0"
+    assert app.running() == ["web@1.1.0.service"]
+    assert app.releases()["1.1.0"]["status"] == "current"
+    assert app.releases()["1.0.0"]["status"] == "previous"
+
+
+def test_crash_during_probation_rolls_back_with_exit_3(app):
+    out = app.bloomctl("deploy web", app.release("1.2.0", {"crash_after_sec": 0.5}))
+    assert out.rc == 3, out.stdout + out.stderr
+    assert "rolled-back" in out.stderr and "the previous release was restored" in out.stderr
+    assert app.serving() == "sampleapp 1.1.0"
+    assert app.running() == ["web@1.1.0.service"]
+    failed = app.releases()["1.2.0"]
+    assert failed["status"] == "failed" and "exit status 1" in failed["reason"]
+    last = app.history()[0]
+    assert (last["action"], last["version"], last["from"], last["outcome"]) == ("switch", "1.2.0", "1.1.0", "rolled-back")
+
+
+def test_release_that_never_gets_ready_is_refused_and_old_keeps_serving(app):
+    out = app.bloomctl("deploy web", app.release("1.3.0", {"never_ready": True}))
+    assert out.rc == 3, out.stdout + out.stderr
+    assert "did not become ready within 4 s" in out.stderr
+    assert app.serving() == "sampleapp 1.1.0"
+    assert app.running() == ["web@1.1.0.service"]
+    assert app.history()[0]["outcome"] == "failed"
+
+
+def test_rollback_goes_to_previous_good_never_to_failed(app):
+    refused = app.bloomctl("rollback web --to 1.2.0")
+    assert refused.rc == 1 and "failed before" in refused.stderr
+    out = app.bloomctl("rollback web")
+    assert out.rc == 0, out.stderr
+    assert app.serving() == "sampleapp 1.0.0"
+    assert app.history()[0]["action"] == "rollback"
+    assert app.bloomctl("switch web 1.1.0").rc == 0
+
+
+def test_second_operation_is_busy(app):
+    app.host.check_output("bloomctl install web " + app.release("1.4.0"))
+    started = app.bloomctl("switch --no-wait web 1.4.0")
+    assert started.rc == 0, started.stderr
+    busy = app.bloomctl("switch web 1.0.0")
+    assert busy.rc == 1
+    assert "busy: switch to 1.4.0 of web started by root at" in busy.stderr
+    wait_until(lambda: app.status()["state"] == "serving", 30, "the switch to finish")
+    assert app.serving() == "sampleapp 1.4.0"
+
+
+def _tar_bytes(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def _member(name, data=b"", mode=0o755, kind=tarfile.REGTYPE, link=""):
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.linkname = kind, mode, link
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    return info, (data if kind == tarfile.REGTYPE else None)
+
+
+BAD_TARBALLS = {
+    "traversal": ([_member("bin/sampleapp", b"#!/bin/sh\n"), _member("../evil", b"x")], "contains '..'"),
+    "absolute": ([_member("bin/sampleapp", b"#!/bin/sh\n"), _member("/etc/evil", b"x")], "absolute path"),
+    "symlink-out": ([_member("bin/sampleapp", b"#!/bin/sh\n"), _member("x", kind=tarfile.SYMTYPE, link="../../../etc")],
+                    "points outside the release"),
+    "setuid": ([_member("bin/sampleapp", b"#!/bin/sh\n", mode=0o4755)], "setuid"),
+    "device": ([_member("bin/sampleapp", b"#!/bin/sh\n"), _member("dev", kind=tarfile.CHRTYPE)], "special file"),
+    "no-exec": ([_member("bin/other", b"#!/bin/sh\n")], "the release has no 'bin/sampleapp'"),
+    "not-executable": ([_member("bin/sampleapp", b"#!/bin/sh\n", mode=0o644)], "is not an executable file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TARBALLS))
+def test_bad_tarball_is_refused_and_changes_nothing(app, case, tmp_path):
+    members, message = BAD_TARBALLS[case]
+    local = tmp_path / "web-9.0.0.tar.gz"
+    local.write_bytes(_tar_bytes(members))
+    app.machine.put(local, "/root/releases/web-9.0.0.tar.gz")
+    before = (app.releases(), app.host.check_output("ls -a /var/lib/bloom/releases/web"))
+    out = app.bloomctl("install web /root/releases/web-9.0.0.tar.gz")
+    assert out.rc == 1
+    assert message in out.stderr
+    assert (app.releases(), app.host.check_output("ls -a /var/lib/bloom/releases/web")) == before
+    assert app.history()[0]["outcome"] == "failed"
+
+
+@pytest.mark.parametrize("args, message", [
+    ("--version 1.2 /root/releases/web-1.0.0.tar.gz", "invalid version '1.2': expected X.Y.Z"),
+    ("--version 1.0.0 /root/releases/web-1.0.0.tar.gz", "web 1.0.0 is already installed"),
+    ("--version 7.0.0 --sha256 " + "0" * 64 + " /root/releases/web-1.0.0.tar.gz", "checksum mismatch"),
+    ("--version 7.0.0 --sha256 xyz /root/releases/web-1.0.0.tar.gz", "is not a SHA-256"),
+    ("/root/releases/garbage-7.0.0.tar.gz", "cannot tell the version from the file name"),
+    ("--version 7.0.0 /root/releases/garbage-7.0.0.tar.gz", "is not a gzip, xz or zstd compressed tar archive"),
+    ("--version 7.0.0 /root/releases/truncated.tar.gz", "is not a readable tar archive"),
+])
+def test_bad_install_input_is_refused_and_changes_nothing(app, args, message):
+    app.host.check_output("head -c 3000 /dev/urandom > /root/releases/garbage-7.0.0.tar.gz")
+    app.host.check_output("head -c 2000 /root/releases/web-1.0.0.tar.gz > /root/releases/truncated.tar.gz")
+    before = (app.releases(), app.host.check_output("ls -a /var/lib/bloom/releases/web"))
+    out = app.bloomctl("install web", args)
+    assert out.rc == 1, out.stdout
+    assert message in out.stderr
+    assert (app.releases(), app.host.check_output("ls -a /var/lib/bloom/releases/web")) == before
+
+
+def test_unknown_app_and_bad_app_file(app):
+    out = app.bloomctl("switch nosuch 1.0.0")
+    assert out.rc == 1 and "unknown app 'nosuch' (configured: web)" in out.stderr
+    app.host.check_output("printf 'listen = [\"127.0.0.1:9\"]\\nexec = \"x\"\\nprobation = 3\\n' > /etc/bloom/apps/broken.toml")
+    try:
+        out = app.bloomctl("reload")
+        assert "/etc/bloom/apps/broken.toml: unknown key 'probation'" in out.stderr
+        assert app.status()["current"] == "1.4.0"
+    finally:
+        app.host.check_output("rm -f /etc/bloom/apps/broken.toml && bloomctl reload")
+
+
+def test_remove_refuses_releases_in_use(app):
+    assert "it is the current release" in app.bloomctl("remove web 1.4.0").stderr
+    out = app.bloomctl("remove web 1.3.0")
+    assert out.rc == 0, out.stderr
+    assert "1.3.0" not in app.releases()
+    assert not app.host.file("/var/lib/bloom/releases/web/1.3.0").exists
+
+
+KILL_STEPS = {
+    # step the agent is killed at -> which release serves once the restarted agent has reconciled
+    "starting": "old", "checking": "old", "pointing": "old",
+    "stopping-old": "new", "probation": "new", "blessing": "new",
+}
+
+
+@pytest.fixture(scope="module")
+def failpoints(app):
+    app.host.check_output("mkdir -p /run/systemd/system/bloom-agent.service.d && printf '[Service]\\n"
+                          "Environment=BLOOM_FAILPOINT_FILE=/run/bloom-failpoint\\n' "
+                          "> /run/systemd/system/bloom-agent.service.d/failpoint.conf && systemctl daemon-reload "
+                          "&& systemctl restart bloom-agent")
+    yield
+    app.host.check_output("rm -rf /run/systemd/system/bloom-agent.service.d /run/bloom-failpoint "
+                          "&& systemctl daemon-reload && systemctl restart bloom-agent")
+
+
+@pytest.mark.parametrize("step", list(KILL_STEPS))
+def test_agent_killed_at_each_step_reconciles_to_one_serving_release(app, failpoints, step):
+    old = app.status()["current"]
+    new = "1.5.0" if old != "1.5.0" else "1.4.0"
+    if new not in app.releases():
+        app.host.check_output("bloomctl install web " + app.release(new))
+    pid = show(app.host, "bloom-agent", "MainPID")["MainPID"]
+    app.host.check_output(f"echo {step} > /run/bloom-failpoint")
+    out = app.bloomctl("switch web", new)
+    assert out.rc == 1, "the agent should have died under bloomctl"
+    # systemd restarts the killed agent, which finishes or undoes the switch.
+    wait_until(lambda: show(app.host, "bloom-agent", "MainPID")["MainPID"] not in ("0", pid), 30, "the agent's restart")
+    wait_until(lambda: app.bloomctl("status web --json").rc == 0 and app.status()["state"] in ("serving",), 60,
+               "the restarted agent to reconcile")
+    expected = old if KILL_STEPS[step] == "old" else new
+    assert app.status()["current"] == expected
+    assert app.running() == [f"web@{expected}.service"], "exactly one serving release"
+    assert app.serving() == f"sampleapp {expected}"
+    record = next(h for h in app.history() if h["action"] == "switch" and h["version"] == new)
+    assert record["finished_at"], "the interrupted switch is finished in the records"
+    assert record["outcome"] == ("failed" if expected == old else "done")
+    if expected == old:
+        assert f"the agent restarted during step {step}" in record["reason"]
+    assert not app.host.file("/run/bloom-failpoint").exists, "the failpoint was hit"
+
+
+def test_reboot_comes_back_on_the_current_release(app, machine):
+    current = app.status()["current"]
+    machine.reboot()
+    try:
+        wait_until(lambda: app.host.run("curl -sS --max-time 5 http://127.0.0.1:8080/").stdout.strip() == f"sampleapp {current}",
+                   30, "the app after reboot")
+    except AssertionError:
+        print(app.host.run("curl -sS --max-time 5 http://127.0.0.1:8080/; systemctl status web.socket 'web@*' bloom-agent --no-pager; "
+                           "journalctl -b --no-pager -o cat -u bloom-agent -u 'web@*' | tail -40"))
+        raise
+    wait_until(lambda: app.running() == [f"web@{current}.service"], 30, "exactly the current release running")
