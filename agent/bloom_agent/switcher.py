@@ -43,6 +43,8 @@ class Deployment:
     abort_reason: str = ""
     step: Step = Step.STARTING
     started_at: float = field(default_factory=time.time)
+    # seconds spent in each step (and in daemon-reload), for bloomctl --json and the benchmark
+    timings: dict[str, float] = field(default_factory=dict)
 
     def unit(self, version: str) -> str:
         return self.app.instance_unit(versions.instance(version))
@@ -67,6 +69,7 @@ class Outcome:
     exit_code: int
     reason: str
     serving: str | None
+    timings: dict[str, float]
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -99,12 +102,14 @@ class Switcher:
             self.store.record_step(dep.id, str(step))  # written before the step's I/O
             failpoints.hit(str(step))
             progress({"step": str(step), "version": dep.new, "from": dep.old})
+            began = time.monotonic()
             try:
                 result = await getattr(self, "_" + step.value.replace("-", "_"))(dep)
             except Exception as exc:  # a step that blows up has failed; the machine decides what next
                 log.exception("%s: step %s of deployment %d failed", dep.app.name, step, dep.id)
                 self._fail(dep, f"{step}: {exc}")
                 result = FAIL
+            dep.timings[str(step)] = round(dep.timings.get(str(step), 0) + time.monotonic() - began, 4)
             step = next_step(step, result)
         dep.step = step
         outcome, exit_code = OUTCOMES[step]
@@ -113,9 +118,15 @@ class Switcher:
         log_fn = log.info if exit_code == 0 else (log.error if exit_code == 3 else log.critical)
         log_fn("%s: %s %s -> %s: %s%s", dep.app.name, dep.action, dep.old, dep.new, outcome,
                f" ({dep.reason})" if dep.reason else "")
-        return Outcome(dep.id, dep.app.name, dep.action, dep.new, dep.old, outcome, exit_code, dep.reason, serving)
+        return Outcome(dep.id, dep.app.name, dep.action, dep.new, dep.old, outcome, exit_code, dep.reason, serving,
+                       dep.timings)
 
     # -- steps: each returns OK or FAIL -------------------------------------------------------
+
+    def _reload(self, dep: Deployment) -> None:
+        began = time.monotonic()
+        self.systemd.daemon_reload()
+        dep.timings["daemon-reload"] = round(dep.timings.get("daemon-reload", 0) + time.monotonic() - began, 4)
 
     def _fail(self, dep: Deployment, reason: str) -> str:
         if not dep.reason:
@@ -127,7 +138,7 @@ class Switcher:
         if dep.old is None:
             # First deploy: the socket must name a release before systemd will start it.
             if self.units.point_socket(app, versions.instance(dep.new), trial=True):
-                self.systemd.daemon_reload()
+                self._reload(dep)
             self.systemd.enable(app.socket_unit)
             if await self.systemd.start(app.socket_unit) != "done":
                 return self._fail(dep, f"cannot start {app.socket_unit}: {self.systemd.status(app.socket_unit).describe()}")
@@ -146,7 +157,7 @@ class Switcher:
 
     async def _pointing(self, dep: Deployment) -> str:
         if self.units.point_socket(dep.app, versions.instance(dep.new), trial=True):
-            self.systemd.daemon_reload()
+            self._reload(dep)
         return OK
 
     async def _stopping_old(self, dep: Deployment) -> str:
@@ -194,7 +205,7 @@ class Switcher:
             await self._retire_socket(app)
             return OK
         if self.units.point_socket(app, versions.instance(dep.old), trial=False):
-            self.systemd.daemon_reload()
+            self._reload(dep)
         status = self.systemd.status(dep.old_unit)
         if not status.active:
             # OLD should never have stopped; bring it back rather than leave nothing serving.
@@ -217,7 +228,7 @@ class Switcher:
             return self._degrade(dep, f"cannot start {dep.old} again ({result}; "
                                       f"{self.systemd.status(dep.old_unit).describe()}); {dep.new} keeps serving")
         if self.units.point_socket(app, versions.instance(dep.old), trial=False):
-            self.systemd.daemon_reload()
+            self._reload(dep)
         self.store.set_app_state(app.name, current=dep.old)
         await self.systemd.stop(dep.new_unit)
         return OK

@@ -1,0 +1,97 @@
+from pathlib import Path
+
+import pytest
+
+from bloom_agent import apps, unitfiles
+from bloom_agent.errors import ConfigError
+
+
+def write(tmp_path, text, name="web.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+MINIMAL = 'listen = ["127.0.0.1:8080", "[::]:8443", "/run/web/http.sock"]\nexec = "bin/server --flag"\n'
+
+
+def test_minimal_app_with_defaults(tmp_path):
+    app = apps.load_app(write(tmp_path, MINIMAL))
+    assert app.name == "web" and app.listen == ("127.0.0.1:8080", "[::]:8443", "/run/web/http.sock")
+    assert app.argv == ["bin/server", "--flag"]
+    assert (app.notify, app.probation_sec, app.keep_releases, app.sandbox) == (True, 30.0, 5, True)
+    assert app.releases_dir == Path("/var/lib/bloom/releases/web")
+
+
+@pytest.mark.parametrize("text, message", [
+    ('exec = "x"\n', "missing required key 'listen'"),
+    ('listen = ["127.0.0.1:80"]\n', "missing required key 'exec'"),
+    ('listen = []\nexec = "x"\n', "key 'listen': must list at least one address"),
+    ('listen = ["localhost:80"]\nexec = "x"\n', "'localhost' is not an IP address"),
+    ('listen = ["127.0.0.1:99999"]\nexec = "x"\n', 'expected "HOST:PORT"'),
+    ('listen = ["::1:80"]\nexec = "x"\n', "write IPv6 addresses in brackets"),
+    ('listen = "127.0.0.1:80"\nexec = "x"\n', "key 'listen': must be a list"),
+    ('listen = ["127.0.0.1:80"]\nexec = "x \'unclosed"\n', "cannot be parsed as a command line"),
+    ('listen = ["127.0.0.1:80"]\nexec = "../bin/x"\n', "must not contain '..'"),
+    ('listen = ["127.0.0.1:80"]\nexec = "x"\nprobation_sec = -1\n', "key 'probation_sec': must be 0 or more"),
+    ('listen = ["127.0.0.1:80"]\nexec = "x"\nprobation_sec = "30s"\n', "key 'probation_sec': must be a number, got string '30s'"),
+    ('listen = ["127.0.0.1:80"]\nexec = "x"\nuser = "Root Admin"\n', "is not a valid user or group name"),
+    ('listen = ["127.0.0.1:80"]\nexec = "x"\nenvironment = { "1BAD" = "x" }\n', "not a valid environment variable name"),
+    ('listen = ["127.0.0.1:80"]\nexec = "x"\nenvironment = { A = 1 }\n', "value of 'A' must be a string"),
+    ('listen = ["127.0.0.1:80"]\nexec = "x"\nkeep_releases = 0\n', "must be greater than 0"),
+    ('listen = ["127.0.0.1:80"]\nexec = "x"\nprobation = 3\n', "unknown key 'probation'"),
+])
+def test_bad_app_files_name_file_and_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        apps.load_app(path)
+    assert str(path) in str(info.value)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["Web.toml", "we b.toml", "a@b.toml", "x.y.toml", "-web.toml"])
+def test_bad_app_names(tmp_path, name):
+    with pytest.raises(ConfigError, match="invalid app name"):
+        apps.load_app(write(tmp_path, MINIMAL, name=name))
+
+
+def test_one_broken_file_does_not_hide_the_others(tmp_path):
+    write(tmp_path, MINIMAL, "good.toml")
+    write(tmp_path, "listen = 3\n", "bad.toml")
+    loaded, errors = apps.load_apps(tmp_path)
+    assert list(loaded) == ["good"]
+    assert list(errors) == [str(tmp_path / "bad.toml")]
+
+
+def test_rendered_units(tmp_path):
+    app = apps.load_app(write(tmp_path, MINIMAL + 'watchdog_sec = 2.5\nenvironment = { GREETING = "50% off $today" }\n'
+                                        'user = "www-data"\n'))
+    socket = unitfiles.render_socket(app)
+    assert "ListenStream=127.0.0.1:8080\nListenStream=[::]:8443\nListenStream=/run/web/http.sock\n" in socket
+    service = unitfiles.render_service(app)
+    assert "Sockets=web.socket\n" in service and "Type=notify\n" in service
+    assert 'ExecStart="/var/lib/bloom/releases/web/%i/bin/server" "--flag"\n' in service
+    assert "WorkingDirectory=/var/lib/bloom/releases/web/%i\n" in service
+    assert "WatchdogSec=2500ms\n" in service
+    assert 'Environment="GREETING=50%% off $$today"\n' in service
+    assert "User=www-data\n" in service and "DynamicUser" not in service
+    assert "ProtectSystem=strict\n" in service
+
+
+def test_sandbox_opt_out_and_no_notify(tmp_path):
+    app = apps.load_app(write(tmp_path, MINIMAL + "sandbox = false\nnotify = false\n"))
+    service = unitfiles.render_service(app)
+    assert "ProtectSystem" not in service and "Type=exec\n" in service and "DynamicUser=yes\n" in service
+
+
+def test_socket_pointer_layers(tmp_path):
+    app = apps.load_app(write(tmp_path, MINIMAL))
+    writer = unitfiles.UnitWriter(unitfiles.UnitPaths(etc=tmp_path / "etc", run=tmp_path / "run"))
+    assert writer.pointed_instance(app) is None
+    assert writer.point_socket(app, "1.0.0", trial=False)
+    assert writer.point_socket(app, "2.0.0", trial=True)
+    assert writer.pointed_instance(app) == "2.0.0"  # /run wins while on trial
+    assert not writer.point_socket(app, "2.0.0", trial=True), "unchanged content is not rewritten"
+    writer.dropin(app, "run").unlink()  # what a reboot does to /run
+    assert writer.pointed_instance(app) == "1.0.0"
+    assert writer.write_app_units(app) is True and writer.write_app_units(app) is False

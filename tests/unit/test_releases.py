@@ -1,0 +1,151 @@
+import hashlib
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from bloom_agent import releases, versions
+from bloom_agent.apps import load_app
+
+
+@pytest.fixture
+def app(tmp_path):
+    f = tmp_path / "web.toml"
+    f.write_text(f'listen = ["127.0.0.1:8080"]\nexec = "bin/server --port 1"\nreleases_dir = "{tmp_path}/releases"\n'
+                 f"min_free_bytes = 0\nmax_release_bytes = 100000\n")
+    return load_app(f)
+
+
+def make_tar(path: Path, members, mode="w:gz") -> Path:
+    with tarfile.open(path, mode) as tar:
+        for name, data, kind, fmode, link in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.linkname = kind, fmode, link
+            info.size = len(data) if kind == tarfile.REGTYPE else 0
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+    return path
+
+
+GOOD = [("bin", b"", tarfile.DIRTYPE, 0o755, ""), ("bin/server", b"#!/bin/sh\n", tarfile.REGTYPE, 0o755, ""),
+        ("static/a.txt", b"hello", tarfile.REGTYPE, 0o644, ""),
+        ("static/b.txt", b"", tarfile.SYMTYPE, 0o777, "a.txt"),
+        ("current", b"", tarfile.SYMTYPE, 0o777, "static")]
+
+
+@pytest.mark.parametrize("mode", ["w:gz", "w:xz"])
+def test_install_good_release(app, tmp_path, mode):
+    tarball = make_tar(tmp_path / "web-1.0.0.tar.gz", GOOD, mode)
+    done = releases.install(app, tarball, "1.0.0", None)
+    assert done.path == app.releases_dir / "1.0.0"
+    assert (done.path / "bin" / "server").read_bytes() == b"#!/bin/sh\n"
+    assert os.access(done.path / "bin" / "server", os.X_OK)
+    assert os.readlink(done.path / "static" / "b.txt") == "a.txt"
+    assert done.sha256 == hashlib.sha256(tarball.read_bytes()).hexdigest()
+    assert done.size == len(b"#!/bin/sh\n") + 5
+    assert [p.name for p in app.releases_dir.iterdir()] == ["1.0.0"]
+
+
+def test_install_zstd(app, tmp_path):
+    zstandard = pytest.importorskip("zstandard")
+    plain = make_tar(tmp_path / "plain.tar", GOOD, "w")
+    tarball = tmp_path / "web-1.0.0.tar.zst"
+    tarball.write_bytes(zstandard.ZstdCompressor().compress(plain.read_bytes()))
+    assert releases.install(app, tarball, "1.0.0", None).path.is_dir()
+
+
+def test_build_metadata_version_gets_an_instance_name(app, tmp_path):
+    done = releases.install(app, make_tar(tmp_path / "x.tar.gz", GOOD), "1.0.0+build.7", None)
+    assert done.instance == "1.0.0_build.7" and done.path.name == "1.0.0_build.7"
+
+
+@pytest.mark.parametrize("members, message", [
+    ([("../x", b"x", tarfile.REGTYPE, 0o644, "")], "contains '..'"),
+    ([("/etc/x", b"x", tarfile.REGTYPE, 0o644, "")], "absolute path"),
+    ([("l", b"", tarfile.SYMTYPE, 0o777, "/etc/passwd")], "points to an absolute path"),
+    ([("a/l", b"", tarfile.SYMTYPE, 0o777, "../../x")], "points outside the release"),
+    ([("h", b"", tarfile.LNKTYPE, 0o644, "../outside")], "points outside the release"),
+    ([("s", b"x", tarfile.REGTYPE, 0o4755, "")], "setuid or setgid"),
+    ([("g", b"x", tarfile.REGTYPE, 0o2755, "")], "setuid or setgid"),
+    ([("d", b"", tarfile.CHRTYPE, 0o644, "")], "special file"),
+    ([("f", b"", tarfile.FIFOTYPE, 0o644, "")], "special file"),
+    ([("big", b"x" * 100001, tarfile.REGTYPE, 0o644, "")], "larger than max_release_bytes"),
+    ([("bin/other", b"x", tarfile.REGTYPE, 0o755, "")], "the release has no 'bin/server'"),
+    ([("bin/server", b"x", tarfile.REGTYPE, 0o644, "")], "is not an executable file"),
+    ([("bin/server", b"", tarfile.SYMTYPE, 0o777, "../../../bin/sh")], "points outside the release"),
+])
+def test_unsafe_or_incomplete_archives_leave_nothing(app, tmp_path, members, message):
+    tarball = make_tar(tmp_path / "t.tar.gz", members)
+    with pytest.raises(releases.InstallError, match=message):
+        releases.install(app, tarball, "1.0.0", None)
+    assert list(app.releases_dir.iterdir()) == []
+
+
+def test_not_an_archive(app, tmp_path):
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(os.urandom(4000))
+    with pytest.raises(releases.InstallError, match="is not a gzip, xz or zstd compressed tar archive"):
+        releases.install(app, junk, "1.0.0", None)
+
+
+def test_truncated_archive(app, tmp_path):
+    good = make_tar(tmp_path / "g.tar.gz", GOOD + [("blob", os.urandom(50000), tarfile.REGTYPE, 0o644, "")])
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(good.read_bytes()[:20000])
+    with pytest.raises(releases.InstallError, match="not a readable tar archive"):
+        releases.install(app, cut, "1.0.0", None)
+    assert list(app.releases_dir.iterdir()) == []
+
+
+def test_checksum_sources(tmp_path):
+    tarball = tmp_path / "web-1.0.0.tar.gz"
+    tarball.write_bytes(b"x")
+    assert releases.expected_checksum(tarball, None, required=False) is None
+    with pytest.raises(releases.InstallError, match="requires one"):
+        releases.expected_checksum(tarball, None, required=True)
+    (tmp_path / "web-1.0.0.tar.gz.sha256").write_text("A" * 64 + "  web-1.0.0.tar.gz\n")
+    assert releases.expected_checksum(tarball, None, required=True) == "a" * 64
+    assert releases.expected_checksum(tarball, "b" * 64, required=True) == "b" * 64
+    with pytest.raises(releases.InstallError, match="not a SHA-256"):
+        releases.expected_checksum(tarball, "abc", required=False)
+
+
+def test_checksum_mismatch_refused(app, tmp_path):
+    tarball = make_tar(tmp_path / "t.tar.gz", GOOD)
+    with pytest.raises(releases.InstallError, match="checksum mismatch"):
+        releases.install(app, tarball, "1.0.0", "0" * 64)
+    assert list(app.releases_dir.iterdir()) == []
+
+
+def test_already_installed(app, tmp_path):
+    tarball = make_tar(tmp_path / "t.tar.gz", GOOD)
+    releases.install(app, tarball, "1.0.0", None)
+    with pytest.raises(releases.InstallError, match="already installed"):
+        releases.install(app, tarball, "1.0.0", None)
+
+
+def test_free_space_floor(tmp_path):
+    f = tmp_path / "web.toml"
+    f.write_text(f'listen = ["127.0.0.1:8080"]\nexec = "bin/server"\nreleases_dir = "{tmp_path}/r"\n'
+                 f"min_free_bytes = {2**62}\n")
+    with pytest.raises(releases.InstallError, match="not enough free space"):
+        releases.install(load_app(f), make_tar(tmp_path / "t.tar.gz", GOOD), "1.0.0", None)
+
+
+@pytest.mark.parametrize("name, version", [("web-1.2.3.tar.gz", "1.2.3"), ("web-1.2.3-rc.1.tgz", "1.2.3-rc.1"),
+                                           ("web-2.0.0+b7.tar.zst", "2.0.0+b7"), ("web-api-1.0.0.tar.xz", None)])
+def test_version_from_file_name(name, version):
+    if version is None:
+        with pytest.raises(versions.InvalidVersion, match="cannot tell the version"):
+            releases.version_from_name("web", Path(name))
+    else:
+        assert releases.version_from_name("web", Path(name)) == version
+
+
+def test_staging_leftovers_are_removed(app):
+    app.releases_dir.mkdir(parents=True)
+    (app.releases_dir / ".install-1.0.0-123").mkdir()
+    (app.releases_dir / "0.9.0").mkdir()
+    releases.remove_staging_leftovers(app)
+    assert [p.name for p in app.releases_dir.iterdir()] == ["0.9.0"]
