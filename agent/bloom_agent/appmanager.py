@@ -21,6 +21,8 @@ from . import releases, versions
 from .apps import AppConfig, describe, load_apps
 from .auth import Caller
 from .errors import BloomError, InvalidArguments
+from .healthchecks import Target, run_check
+from .hooks import run_hooks
 from .state import StateStore
 from .switcher import Deployment, Outcome, Progress, Switcher, _quiet
 from .systemd_adapter import Systemd
@@ -223,6 +225,12 @@ class AppManager:
             outcome = await self.switcher.run(dep, progress)
             if outcome.outcome == "done":
                 await asyncio.to_thread(self.cleanup, app)
+                await run_hooks("switch", app.on_switch, outcome.as_dict())
+            elif outcome.outcome == "degraded":
+                _log_rollback_failure(outcome)
+                await run_hooks("rollback_failure", app.on_rollback_failure, outcome.as_dict())
+            else:
+                await run_hooks("rollback", app.on_rollback, outcome.as_dict())
             return outcome
         finally:
             self._release(app.name, holder)
@@ -290,6 +298,19 @@ class AppManager:
                 "degraded": state["degraded"], "running": running,
                 "busy": holder.describe(name) if holder else None}
 
+    async def health(self, name: str) -> dict[str, Any]:
+        """Run every declared check once, now, against the current release."""
+        app = self.app(name)
+        current = self.store.app_state(name)["current"]
+        if current is None:
+            raise ReleaseError(f"{name} has no current release to check", hint=f"deploy one: bloomctl deploy {name} TARBALL")
+        unit = app.instance_unit(versions.instance(current))
+        target = Target(name, current, unit, self.systemd.unit_metrics)
+        status = self.systemd.status(unit)
+        results = [{"name": "unit", "ok": status.active, "detail": status.describe(), "seconds": 0.0}]
+        results += [(await run_check(spec, target)).as_dict() for spec in app.health_checks]
+        return {"app": name, "version": current, "healthy": all(r["ok"] for r in results), "checks": results}
+
     def history(self, name: str, limit: int) -> list[dict]:
         self.app(name)
         return [{"id": r["id"], "action": r["action"], "version": r["version"], "from": r["from_version"],
@@ -341,6 +362,23 @@ class AppManager:
         """Leave switches in flight to the next agent: their steps are recorded."""
         for task in list(self._tasks):
             task.cancel()
+
+
+# Stable: lets operators alert on it (journalctl MESSAGE_ID=...) whatever the wording.
+ROLLBACK_FAILED_MESSAGE_ID = "4b8a0c3e9d2f4e6b9a71c5d0e2f3a8b1"
+
+
+def _log_rollback_failure(outcome: Outcome) -> None:
+    message = (f"{outcome.app}: rollback failed, app degraded: {outcome.reason} "
+               f"(switch {outcome.from_version} -> {outcome.version}; serving {outcome.serving})")
+    log.critical(message)
+    try:
+        from systemd import journal
+
+        journal.send(message, PRIORITY=journal.LOG_CRIT, MESSAGE_ID=ROLLBACK_FAILED_MESSAGE_ID,
+                     SYSLOG_IDENTIFIER="bloom-agent", BLOOM_APP=outcome.app, BLOOM_VERSION=outcome.version)
+    except Exception:
+        log.exception("could not write the rollback failure to the journal")
 
 
 def _good_order(store: StateStore, name: str):

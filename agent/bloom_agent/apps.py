@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .healthchecks import CheckSpec, parse_checks
 from .schema import Field, check_absolute_path, check_positive, parse_table, read_toml
 
 DEFAULT_APPS_DIR = Path("/etc/bloom/apps")
@@ -77,6 +78,24 @@ def _check_non_negative(value: float) -> str | None:
     return None if value >= 0 else f"must be 0 or more, got {value}"
 
 
+def _check_patterns(value: list) -> str | None:
+    for item in value:
+        if not isinstance(item, str):
+            return f"every pattern must be a string, got {item!r}"
+        try:
+            re.compile(item)
+        except re.error as exc:
+            return f"{item!r} is not a valid regular expression: {exc}"
+    return None
+
+
+def _check_commands(value: list) -> str | None:
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            return f"every entry must be a non-empty command string, got {item!r}"
+    return None
+
+
 def _check_paths(value: list) -> str | None:
     for item in value:
         if not isinstance(item, str) or not item.startswith("/"):
@@ -104,6 +123,14 @@ APP_FIELDS = [
     Field("sandbox", bool, True),
     Field("read_write_paths", list, [], _check_paths),
     Field("private_network", bool, False),
+    # Probation monitors (the unit's crashes, restarts and watchdog are always watched).
+    Field("max_error_rate_per_minute", int, 20, _check_non_negative),
+    Field("error_patterns", list, [], _check_patterns),
+    Field("health_check", list, []),
+    # Hooks: shell commands run with the event as JSON on stdin.
+    Field("on_switch", list, [], _check_commands),
+    Field("on_rollback", list, [], _check_commands),
+    Field("on_rollback_failure", list, [], _check_commands),
 ]
 REQUIRED = ("listen", "exec")
 
@@ -130,6 +157,12 @@ class AppConfig:
     sandbox: bool
     read_write_paths: tuple[str, ...]
     private_network: bool
+    max_error_rate_per_minute: int
+    error_patterns: tuple[str, ...]
+    health_checks: tuple[CheckSpec, ...]
+    on_switch: tuple[str, ...]
+    on_rollback: tuple[str, ...]
+    on_rollback_failure: tuple[str, ...]
 
     @property
     def argv(self) -> list[str]:
@@ -184,6 +217,12 @@ def load_app(path: Path, releases_root: Path = DEFAULT_RELEASES_ROOT) -> AppConf
         sandbox=values["sandbox"],
         read_write_paths=tuple(values["read_write_paths"]),
         private_network=values["private_network"],
+        max_error_rate_per_minute=values["max_error_rate_per_minute"],
+        error_patterns=tuple(values["error_patterns"]),
+        health_checks=parse_checks(values["health_check"], path, tuple(values["listen"])),
+        on_switch=tuple(values["on_switch"]),
+        on_rollback=tuple(values["on_rollback"]),
+        on_rollback_failure=tuple(values["on_rollback_failure"]),
     )
 
 

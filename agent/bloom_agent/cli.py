@@ -191,11 +191,33 @@ def history(obj: Context, app: str, limit: int, as_json: bool) -> None:
                    f"{r['outcome']:<12} {r['caller']:<10} {r['reason']}")
 
 
+@cli.command()
+@click.argument("app")
+@json_option
+@click.pass_obj
+def health(obj: Context, app: str, as_json: bool) -> None:
+    """Run APP's health checks once against its current release; exit 1 if any fails."""
+    result = obj.call("health", {"app": app})
+    if as_json:
+        _print_json(result)
+    else:
+        click.echo(f"{result['app']} {result['version']}: {'healthy' if result['healthy'] else 'UNHEALTHY'}")
+        for check in result["checks"]:
+            click.echo(f"  {'ok  ' if check['ok'] else 'FAIL'} {check['name']}: {check['detail']}")
+    if not result["healthy"]:
+        raise BloomError(f"{app}: health check failed")
+
+
 def _report_switch(obj: Context, command: str, args: dict, as_json: bool) -> None:
     show_progress = sys.stderr.isatty() and not as_json
 
     def on_progress(p: dict) -> None:
-        if show_progress:
+        if not show_progress:
+            return
+        if p.get("step") == "probation" and "watching" in p:
+            click.echo(f"  probation of {p['version']} for {p['seconds']:g} s, watching: {', '.join(p['watching'])}",
+                       err=True)
+        elif p.get("step") != "probation":
             click.echo(f"  {p.get('step')}: {p.get('version')}", err=True)
 
     result = client.call(command, args, socket_path=obj.socket_path, on_progress=on_progress, timeout=None)

@@ -110,7 +110,13 @@ async def history(agent: "Agent", caller: Caller, args: dict[str, Any], progress
     return agent.apps.history(a.get("app", str, required=True), a.get("limit", int, 50))
 
 
+async def health(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    a = Args("health", args, {"app"})
+    return await agent.apps.health(a.get("app", str, required=True))
+
+
 COMMANDS: dict[str, Handler] = {
+    "health": health,
     "status": status,
     "reload": reload,
     "install": install,

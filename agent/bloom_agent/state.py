@@ -66,7 +66,19 @@ MIGRATIONS = [
         detail TEXT NOT NULL DEFAULT ''
     );
     """,
+    # 3: the boot a deployment started in: after a reboot, a release still on probation is not trusted.
+    """
+    ALTER TABLE deployments ADD COLUMN boot_id TEXT NOT NULL DEFAULT '';
+    """,
 ]
+
+
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
 
 
 def utcnow() -> str:
@@ -160,8 +172,9 @@ class StateStore:
 
     def begin_deployment(self, app: str, action: str, version: str, from_version: str | None, step: str, caller: str) -> int:
         cur = self._db.execute(
-            "INSERT INTO deployments (app, action, version, from_version, step, caller, started_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (app, action, version, from_version, step, caller, utcnow()),
+            "INSERT INTO deployments (app, action, version, from_version, step, caller, started_at, boot_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (app, action, version, from_version, step, caller, utcnow(), boot_id()),
         )
         return cur.lastrowid
 

@@ -12,10 +12,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import failpoints, versions
+from . import failpoints, monitors, versions
 from .apps import AppConfig
+from .healthchecks import Target, run_check
 from .deployment import FAIL, OK, OUTCOMES, RESUME_AFTER_RESTART, TERMINAL, Step, next_step
-from .state import StateStore
+from .state import StateStore, boot_id
 from .systemd_adapter import Systemd
 from .unitfiles import UnitWriter
 
@@ -43,6 +44,7 @@ class Deployment:
     abort_reason: str = ""
     step: Step = Step.STARTING
     started_at: float = field(default_factory=time.time)
+    started_monotonic: float = field(default_factory=time.monotonic)
     # seconds spent in each step (and in daemon-reload), for bloomctl --json and the benchmark
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -76,10 +78,12 @@ class Outcome:
 
 
 class Switcher:
-    def __init__(self, systemd: Systemd, store: StateStore, units: UnitWriter) -> None:
+    def __init__(self, systemd: Systemd, store: StateStore, units: UnitWriter,
+                 journal_monitor=monitors.JournalMonitor) -> None:
         self.systemd = systemd
         self.store = store
         self.units = units
+        self.journal_monitor = journal_monitor  # injected: unit tests have no journal to read
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -91,8 +95,18 @@ class Switcher:
     def resumed(self, app: AppConfig, row: dict) -> Deployment:
         dep = Deployment(id=row["id"], app=app, action=row["action"], new=row["version"], old=row["from_version"],
                          caller=row["caller"])
-        dep.step = RESUME_AFTER_RESTART[Step(row["step"])]
-        dep.reason = f"the agent restarted during step {row['step']}"
+        step = Step(row["step"])
+        if row["boot_id"] and row["boot_id"] != boot_id() and step in (Step.STOPPING_OLD, Step.PROBATION):
+            # Not blessed when the host went down: like an Erlang release never made permanent, go back.
+            dep.step = Step.ROLLING_BACK
+            dep.reason = f"the host rebooted during step {row['step']}; back on the last good release"
+        else:
+            dep.step = RESUME_AFTER_RESTART[step]
+            if dep.step in (Step.REVERTING, Step.ROLLING_BACK) and step not in (Step.REVERTING, Step.ROLLING_BACK):
+                dep.reason = f"the agent restarted during step {row['step']}"
+            elif not row["reason"]:
+                log.warning("%s: the agent restarted during step %s; carrying on", app.name, row["step"])
+            dep.reason = dep.reason or row["reason"]
         return dep
 
     async def run(self, dep: Deployment, progress: Progress = _quiet) -> Outcome:
@@ -104,7 +118,10 @@ class Switcher:
             progress({"step": str(step), "version": dep.new, "from": dep.old})
             began = time.monotonic()
             try:
-                result = await getattr(self, "_" + step.value.replace("-", "_"))(dep)
+                if step is Step.PROBATION:
+                    result = await self._probation(dep, progress)
+                else:
+                    result = await getattr(self, "_" + step.value.replace("-", "_"))(dep)
             except Exception as exc:  # a step that blows up has failed; the machine decides what next
                 log.exception("%s: step %s of deployment %d failed", dep.app.name, step, dep.id)
                 self._fail(dep, f"{step}: {exc}")
@@ -150,10 +167,25 @@ class Switcher:
         return OK
 
     async def _checking(self, dep: Deployment) -> str:
-        status = self.systemd.status(dep.new_unit)
-        if not status.active or status.n_restarts:
-            return self._fail(dep, f"pre-switch check: {status.describe()}")
-        return OK
+        """NEW must be up and pass its pre-switch checks within ready_timeout_sec of its start.
+
+        Checks that go through the app's socket (http, tcp) wait for probation: until OLD stops,
+        the shared socket may hand the request to OLD, which would prove nothing about NEW.
+        """
+        deadline = dep.started_monotonic + dep.app.ready_timeout_sec
+        specs = [c for c in dep.app.health_checks if c.type not in ("http", "tcp")]
+        target = self._target(dep)
+        while True:
+            status = self.systemd.status(dep.new_unit)
+            if not status.active or status.n_restarts:
+                return self._fail(dep, f"pre-switch check: {status.describe()}")
+            failed = [r for r in [await run_check(spec, target) for spec in specs] if not r.ok]
+            if not failed:
+                return OK
+            if time.monotonic() >= deadline:
+                return self._fail(dep, f"not healthy within ready_timeout_sec ({dep.app.ready_timeout_sec:g} s): "
+                                       + "; ".join(f"{r.name}: {r.detail}" for r in failed))
+            await asyncio.sleep(min(min(s.interval_sec for s in specs), max(deadline - time.monotonic(), 0.05)))
 
     async def _pointing(self, dep: Deployment) -> str:
         if self.units.point_socket(dep.app, versions.instance(dep.new), trial=True):
@@ -167,26 +199,27 @@ class Switcher:
             await self.systemd.stop(dep.old_unit)  # SIGTERM; the old release drains within TimeoutStopSec
         return OK
 
-    async def _probation(self, dep: Deployment) -> str:
+    def _target(self, dep: Deployment) -> Target:
+        return Target(dep.app.name, dep.new, dep.new_unit, self.systemd.unit_metrics)
+
+    def monitors(self, dep: Deployment) -> list[monitors.Monitor]:
         app = dep.app
-        baseline = self.systemd.status(dep.new_unit).n_restarts
-        deadline = time.monotonic() + app.probation_sec
-        while True:
-            if dep.abort.is_set():
-                return self._fail(dep, dep.abort_reason or "rollback requested")
-            status = self.systemd.status(dep.new_unit)
-            if not status.active:
-                return self._fail(dep, f"probation: {status.describe()}")
-            if status.n_restarts > baseline:
-                return self._fail(dep, f"probation: {dep.new_unit} restarted ({status.describe()})")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return OK
-            changed = asyncio.ensure_future(self.systemd.wait_for_change(dep.new_unit, remaining))
-            aborted = asyncio.ensure_future(dep.abort.wait())
-            await asyncio.wait({changed, aborted}, return_when=asyncio.FIRST_COMPLETED)
-            changed.cancel()
-            aborted.cancel()
+        watching: list[monitors.Monitor] = [monitors.UnitMonitor(self.systemd, dep.new_unit)]
+        watching.append(self.journal_monitor(dep.new_unit, app.max_error_rate_per_minute, app.error_patterns,
+                                                since=dep.started_at))
+        watching += [monitors.CheckMonitor(spec, self._target(dep)) for spec in app.health_checks]
+        return watching
+
+    async def _probation(self, dep: Deployment, progress: Progress = _quiet) -> str:
+        watching = self.monitors(dep)
+        progress({"step": "probation", "version": dep.new, "seconds": dep.app.probation_sec,
+                  "watching": [m.name for m in watching]})
+        trip = await monitors.probation(watching, dep.app.probation_sec, dep.abort)
+        if dep.abort.is_set():
+            return self._fail(dep, dep.abort_reason or "rollback requested")
+        if trip:
+            return self._fail(dep, f"probation: {trip}")
+        return OK
 
     async def _blessing(self, dep: Deployment) -> str:
         # The /etc layer now names NEW and the /run layer goes: the effective Service= does not

@@ -51,6 +51,7 @@ class Systemd(Protocol):
     def enable(self, unit: str) -> None: ...
     def status(self, unit: str) -> UnitStatus: ...
     def instances(self, pattern: str) -> list[UnitStatus]: ...
+    def unit_metrics(self, unit: str) -> dict[str, int | None]: ...
     async def wait_for_change(self, unit: str, timeout: float) -> bool: ...
 
 
@@ -72,7 +73,7 @@ class NoSystemd:
         raise SystemdUnavailable(f"systemd is not reachable over D-Bus ({self.why})",
                                  hint="app operations need the agent running under systemd")
 
-    start = stop = daemon_reload = enable = status = wait_for_change = _refuse
+    start = stop = daemon_reload = enable = status = wait_for_change = unit_metrics = _refuse
 
     def instances(self, pattern: str) -> list[UnitStatus]:
         return []
@@ -184,6 +185,16 @@ class PystemdSystemd:
             main_pid=int(u.Service.MainPID) if is_service else 0,
             exec_main_status=int(u.Service.ExecMainStatus) if is_service else 0,
         )
+
+    def unit_metrics(self, unit: str) -> dict[str, int | None]:
+        """The unit's cgroup memory and task count; None where accounting is off (systemd says 2^64-1)."""
+        u = self._unit(unit)
+
+        def known(value) -> int | None:
+            value = int(value)
+            return None if value >= 2**64 - 1 else value
+
+        return {"memory": known(u.Service.MemoryCurrent), "tasks": known(u.Service.TasksCurrent)}
 
     def instances(self, pattern: str) -> list[UnitStatus]:
         listed = self._manager.Manager.ListUnitsByPatterns([], [pattern.encode()])

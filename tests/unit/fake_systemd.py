@@ -64,6 +64,11 @@ class FakeSystemd:
         return UnitStatus(unit, "loaded", u.active_state, u.sub_state, u.result, u.n_restarts, u.main_pid,
                           u.exec_main_status)
 
+    metrics: dict[str, dict[str, int | None]] = field(default_factory=dict)
+
+    def unit_metrics(self, unit: str) -> dict[str, int | None]:
+        return self.metrics.get(unit, {"memory": 10_000_000, "tasks": 3})
+
     def instances(self, pattern: str) -> list[UnitStatus]:
         prefix = pattern.split("*", 1)[0]
         return [self.status(n) for n, u in self.units.items() if n.startswith(prefix) and u.active_state != "inactive"]
@@ -96,3 +101,25 @@ class FakeSystemd:
 
     def started(self, unit: str) -> bool:
         return ("start", unit) in self.calls
+
+
+class FakeJournal:
+    """Stands in for the journal monitor; ``entries`` are fed to a real JournalMonitor's counting logic."""
+
+    entries: list[dict] = []
+
+    def __init__(self, unit: str, max_per_minute: int, patterns, since=None) -> None:
+        from bloom_agent.monitors import JournalMonitor
+
+        self.name = "journal"
+        self._real = JournalMonitor(unit, max_per_minute, patterns, since)
+
+    async def watch(self) -> str:
+        import time
+
+        for entry in list(self.entries):
+            trip = self._real.feed(entry, time.monotonic())
+            if trip:
+                return trip
+        await asyncio.Event().wait()
+        return ""

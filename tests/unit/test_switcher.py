@@ -7,7 +7,7 @@ from bloom_agent.apps import load_app
 from bloom_agent.state import StateStore
 from bloom_agent.switcher import Switcher
 from bloom_agent.unitfiles import UnitPaths, UnitWriter
-from fake_systemd import FakeSystemd
+from fake_systemd import FakeJournal, FakeSystemd
 
 
 @pytest.fixture
@@ -20,7 +20,8 @@ def env(tmp_path):
         store.add_release("web", v, v, "0" * 64, 1)
     units = UnitWriter(UnitPaths(etc=tmp_path / "etc", run=tmp_path / "run"))
     systemd = FakeSystemd()
-    return app, store, units, systemd, Switcher(systemd, store, units)
+    FakeJournal.entries = []
+    return app, store, units, systemd, Switcher(systemd, store, units, journal_monitor=FakeJournal)
 
 
 def deploy(env, version, caller="root"):

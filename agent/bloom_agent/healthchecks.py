@@ -1,0 +1,217 @@
+"""Health checks: one declared check (from [[health_check]] in the app file) run once.
+
+Each check returns a CheckResult; thresholds (consecutive failures) live in the monitor that runs
+checks repeatedly, so ``bloomctl health`` can run the very same check once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+from .schema import Field, check_choice, check_positive, parse_table
+
+ENTRY_POINT_GROUP = "bloom_agent.health_checks"
+KINDS = ("http", "tcp", "command", "memory", "tasks", "python")
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def _check_regex(value: str) -> str | None:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        return f"not a valid regular expression: {exc}"
+    return None
+
+
+CHECK_FIELDS = [
+    Field("type", str, None, check_choice(*KINDS)),
+    Field("name", str, ""),
+    Field("interval_sec", float, 5.0, check_positive),
+    Field("timeout_sec", float, 2.0, check_positive),
+    Field("failures", int, 3, check_positive),
+    Field("url", str, ""),
+    Field("expect_status", int, 200),
+    Field("body_match", str, "", _check_regex),
+    Field("max_response_time_ms", float, 0.0),
+    Field("address", str, ""),
+    Field("command", str, ""),
+    Field("memory_threshold_bytes", int, 0),
+    Field("max_tasks", int, 0),
+    Field("entry_point", str, ""),
+]
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    type: str
+    name: str
+    interval_sec: float
+    timeout_sec: float
+    failures: int
+    url: str
+    expect_status: int
+    body_match: str
+    max_response_time_ms: float
+    address: str
+    command: str
+    memory_threshold_bytes: int
+    max_tasks: int
+    entry_point: str
+
+
+_NEEDS = {"command": "command", "memory": "memory_threshold_bytes", "tasks": "max_tasks", "python": "entry_point"}
+
+
+def parse_checks(value: Any, path: Path, listen: tuple[str, ...]) -> tuple[CheckSpec, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: key 'health_check': must be an array of tables ([[health_check]])")
+    specs = []
+    for i, table in enumerate(value):
+        values = parse_table(table, CHECK_FIELDS, path, prefix=f"health_check[{i}].")
+        kind = values["type"]
+        if kind is None:
+            raise ConfigError(f"{path}: health_check[{i}]: missing required key 'type' (one of {', '.join(KINDS)})")
+        needed = _NEEDS.get(kind)
+        if needed and not values[needed]:
+            raise ConfigError(f"{path}: health_check[{i}] of type {kind} needs '{needed}'")
+        first_tcp = next((a for a in listen if not a.startswith("/")), "")
+        if kind == "http" and not values["url"]:
+            if not first_tcp:
+                raise ConfigError(f"{path}: health_check[{i}]: the app listens on no TCP address; give 'url'")
+            values["url"] = f"http://{first_tcp.replace('0.0.0.0', '127.0.0.1').replace('[::]', '[::1]')}/health"
+        if kind == "http" and urlsplit(values["url"]).scheme != "http":
+            raise ConfigError(f"{path}: health_check[{i}]: url must start with http://")
+        if kind == "tcp" and not values["address"]:
+            values["address"] = next((a for a in listen), "")
+        values["name"] = values["name"] or f"{kind}#{i}"
+        specs.append(CheckSpec(**values))
+    return tuple(specs)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a check looks at: the app, the release and its unit."""
+
+    app: str
+    version: str
+    unit: str
+    unit_metrics: Callable[[str], dict[str, int | None]]
+
+
+async def run_check(spec: CheckSpec, target: Target) -> CheckResult:
+    began = time.monotonic()
+    try:
+        ok, detail = await asyncio.wait_for(_RUNNERS[spec.type](spec, target), spec.timeout_sec)
+    except asyncio.TimeoutError:
+        ok, detail = False, f"no answer within {spec.timeout_sec:g} s"
+    except OSError as exc:
+        ok, detail = False, f"{type(exc).__name__}: {exc.strerror or exc}"
+    return CheckResult(spec.name, ok, detail, round(time.monotonic() - began, 4))
+
+
+async def _http(spec: CheckSpec, target: Target) -> tuple[bool, str]:
+    url = urlsplit(spec.url)
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    began = time.monotonic()
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\nConnection: close\r\n"
+                     f"User-Agent: bloom-agent-health\r\n\r\n".encode())
+        await writer.drain()
+        response = await reader.read(65536)
+    finally:
+        writer.close()
+    elapsed_ms = (time.monotonic() - began) * 1000
+    head, _, body = response.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].decode(errors="replace")
+    parts = status_line.split()
+    if len(parts) < 2 or not parts[1].isdigit():
+        return False, f"not an HTTP response: {status_line[:80]!r}"
+    status = int(parts[1])
+    if status != spec.expect_status:
+        return False, f"HTTP {status} from {spec.url} (expected {spec.expect_status})"
+    if spec.body_match and not re.search(spec.body_match, body.decode(errors="replace")):
+        return False, f"body of {spec.url} does not match {spec.body_match!r}"
+    if spec.max_response_time_ms and elapsed_ms > spec.max_response_time_ms:
+        return False, f"{spec.url} answered in {elapsed_ms:.0f} ms > {spec.max_response_time_ms:g} ms"
+    return True, f"HTTP {status} in {elapsed_ms:.0f} ms"
+
+
+async def _tcp(spec: CheckSpec, target: Target) -> tuple[bool, str]:
+    if spec.address.startswith("/"):
+        _, writer = await asyncio.open_unix_connection(spec.address)
+    else:
+        host, _, port = spec.address.rpartition(":")
+        _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+    writer.close()
+    return True, f"connected to {spec.address}"
+
+
+async def _command(spec: CheckSpec, target: Target) -> tuple[bool, str]:
+    env = {**os.environ, "BLOOM_APP": target.app, "BLOOM_VERSION": target.version, "BLOOM_UNIT": target.unit}
+    proc = await asyncio.create_subprocess_shell(spec.command, env=env, stdout=asyncio.subprocess.PIPE,
+                                                 stderr=asyncio.subprocess.STDOUT)
+    try:
+        out, _ = await proc.communicate()
+    except asyncio.CancelledError:
+        proc.kill()
+        raise
+    text = out.decode(errors="replace").strip().splitlines()
+    last = text[-1][:200] if text else ""
+    if proc.returncode != 0:
+        return False, f"{spec.command!r} exited with {proc.returncode}" + (f": {last}" if last else "")
+    return True, last or "exit 0"
+
+
+async def _memory(spec: CheckSpec, target: Target) -> tuple[bool, str]:
+    used = target.unit_metrics(target.unit).get("memory")
+    if used is None:
+        return True, "memory accounting unavailable for this unit; not checked"
+    if used > spec.memory_threshold_bytes:
+        return False, f"memory {used} bytes > {spec.memory_threshold_bytes}"
+    return True, f"memory {used} bytes"
+
+
+async def _tasks(spec: CheckSpec, target: Target) -> tuple[bool, str]:
+    tasks = target.unit_metrics(target.unit).get("tasks")
+    if tasks is None:
+        return True, "task accounting unavailable for this unit; not checked"
+    if tasks > spec.max_tasks:
+        return False, f"{tasks} tasks > {spec.max_tasks}"
+    return True, f"{tasks} tasks"
+
+
+async def _python(spec: CheckSpec, target: Target) -> tuple[bool, str]:
+    found = [ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec.entry_point]
+    if not found:
+        return False, f"no entry point {spec.entry_point!r} in group {ENTRY_POINT_GROUP}"
+    check = found[0].load()
+    result = check(target)
+    if asyncio.iscoroutine(result):
+        result = await result
+    if isinstance(result, tuple):
+        return bool(result[0]), str(result[1])
+    return bool(result), "ok" if result else "check returned false"
+
+
+_RUNNERS = {"http": _http, "tcp": _tcp, "command": _command, "memory": _memory, "tasks": _tasks, "python": _python}

@@ -1,0 +1,37 @@
+#!/bin/bash
+# Runs inside the VM, as root (Vagrant's shell provisioner): installs the bloom-agent package
+# given as $1 with apt, and curl and wrk, which the integration tests use inside the machine;
+# then checks that the agent runs.
+#
+# Offline when it can be: the locally built test box (vagrant/build-box.sh) has every
+# dependency already and no apt lists. Only when something is missing (the public box) are
+# the package lists fetched from the box's mirror.
+set -euo pipefail
+
+deb=${1:?usage: provision.sh /path/to/bloom-agent_VERSION_all.deb}
+export DEBIAN_FRONTEND=noninteractive
+apt_opts=(-y -q --no-install-recommends -o Dpkg::Use-Pty=0)
+
+# Would apt download anything? (Inst lines for other packages than bloom-agent itself.)
+if ! plan=$(apt-get install -s "${apt_opts[@]}" "$deb" curl wrk 2>&1) ||
+        grep -q '^Inst ' <<<"$(grep -v '^Inst bloom-agent ' <<<"$plan")"; then
+    echo "bloom-agent: fetching package lists (dependencies to download)"
+    apt-get update -q
+fi
+apt-get install "${apt_opts[@]}" curl wrk
+# --reinstall: a rebuilt package of the same version replaces the one installed before
+apt-get install "${apt_opts[@]}" --reinstall "$deb"
+
+# The package enables and starts both units; make sure, and wait for READY (Type=notify).
+systemctl enable --now bloom-agent.socket bloom-agent.service
+for _ in $(seq 60); do
+    systemctl is-active --quiet bloom-agent.service && break
+    sleep 0.5
+done
+if ! systemctl is-active --quiet bloom-agent.service; then
+    echo "bloom-agent: the agent is not active after installing $deb" >&2
+    systemctl status --no-pager bloom-agent.service >&2 || true
+    journalctl -b --no-pager -n 50 -u bloom-agent >&2 || true
+    exit 1
+fi
+bloomctl status
