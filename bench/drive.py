@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -62,6 +63,21 @@ def deploy_switch(args, version: str) -> dict:
         result = None
     return {"t0": t0, "t1": t1, "rc": proc.returncode, "result": result,
             "stderr": proc.stderr[-2000:]}
+
+
+def add_agent_times(args, events: list[dict]) -> None:
+    """The agent's own start and end of each switch (bloomctl history, millisecond timestamps)."""
+    out = subprocess.run(["bloomctl", "history", args.app, "--json", "--limit", str(len(events) + 10)],
+                         capture_output=True, text=True).stdout
+    try:
+        rows = {r.get("id"): r for r in json.loads(out)}
+    except ValueError:
+        return
+    for e in events:
+        row = rows.get((e.get("result") or {}).get("deployment"))
+        if row and row.get("started_at") and row.get("finished_at"):
+            e["agent_started"] = datetime.fromisoformat(row["started_at"]).timestamp()
+            e["agent_finished"] = datetime.fromisoformat(row["finished_at"]).timestamp()
 
 
 def deploy_restart(args, version: str) -> dict:
@@ -142,6 +158,8 @@ def main(argv=None) -> int:
                 wrk.kill()
                 wrk.wait()
         wrk_out.close()
+    if args.mode == "switch":
+        add_agent_times(args, events)
     busy, total = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
     summary_file = log_dir / "summary.json"
     report = {

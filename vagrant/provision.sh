@@ -21,6 +21,7 @@ fi
 apt-get install "${apt_opts[@]}" curl wrk
 # --reinstall: a rebuilt package of the same version replaces the one installed before
 apt-get install "${apt_opts[@]}" --reinstall "$deb"
+rm -f "$deb"  # nothing of ours outside the package (the purge test looks for leftovers)
 
 # The package enables and starts both units; make sure, and wait for READY (Type=notify).
 systemctl enable --now bloom-agent.socket bloom-agent.service

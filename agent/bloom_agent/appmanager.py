@@ -172,7 +172,7 @@ class AppManager:
             return "it is running"
         return ""
 
-    def cleanup(self, app: AppConfig) -> list[str]:
+    async def cleanup(self, app: AppConfig) -> list[str]:
         """Keep keep_releases; failed ones go first, then the oldest; never one in use."""
         rows = self.store.releases(app.name)
         excess = len(rows) - app.keep_releases
@@ -185,7 +185,7 @@ class AppManager:
                 break
             if self._in_use(app, row["version"]):
                 continue
-            releases.remove_release(app, row["instance"])
+            await asyncio.to_thread(releases.remove_release, app, row["instance"])
             self.store.delete_release(app.name, row["version"])
             removed.append(row["version"])
         if removed:
@@ -224,7 +224,7 @@ class AppManager:
         try:
             outcome = await self.switcher.run(dep, progress)
             if outcome.outcome == "done":
-                await asyncio.to_thread(self.cleanup, app)
+                await self.cleanup(app)
                 await run_hooks("switch", app.on_switch, outcome.as_dict())
             elif outcome.outcome == "degraded":
                 _log_rollback_failure(outcome)

@@ -55,7 +55,7 @@ def _unit_trip(status, baseline: int) -> str | None:
     if status.n_restarts > baseline:
         return f"crash: {status.name} restarted ({status.describe()})"
     if not status.active:
-        return f"crash: {status.describe()}"
+        return f"crash: {status.name} stopped running ({status.describe()})"
     return None
 
 

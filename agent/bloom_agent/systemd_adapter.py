@@ -105,7 +105,8 @@ class PystemdSystemd:
         self._callbacks: list = []
         self._match(MANAGER_PATH, b"org.freedesktop.systemd1.Manager", b"JobRemoved", self._on_job_removed)
         self._matched_paths: set[bytes] = set()
-        asyncio.get_running_loop().add_reader(self._bus.get_fd(), self._dispatch)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._bus.get_fd(), self._dispatch)
 
     def _match(self, path: bytes, interface: bytes, member: bytes, method) -> None:
         # pystemd sets attributes on the callback (a bound method allows none) and does not keep a
@@ -117,7 +118,7 @@ class PystemdSystemd:
         self._bus.match_signal(SYSTEMD, path, interface, member, callback)
 
     def close(self) -> None:
-        asyncio.get_running_loop().remove_reader(self._bus.get_fd())
+        self._loop.remove_reader(self._bus.get_fd())
         self._bus.close()
 
     def _dispatch(self) -> None:
@@ -127,7 +128,7 @@ class PystemdSystemd:
     def _kick(self) -> None:
         # A synchronous call reads whatever else is on the socket into sd-bus's queue; the fd is then
         # no longer readable, so the loop would not wake for those signals. Process them soon.
-        asyncio.get_running_loop().call_soon(self._dispatch)
+        self._loop.call_soon_threadsafe(self._dispatch)
 
     def _on_job_removed(self, msg) -> None:
         msg.process_reply(True)

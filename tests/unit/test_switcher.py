@@ -162,3 +162,23 @@ def test_resume_in_probation_keeps_new(env):
     out = asyncio.run(switcher.run(switcher.resumed(app, store.unfinished_deployments()[0])))
     assert (out.outcome, out.serving) == ("done", "2.0.0")
     assert store.unfinished_deployments() == []
+
+
+def test_cleanup_keeps_current_last_good_and_removes_failed_first(env, tmp_path):
+    import asyncio as aio
+
+    from bloom_agent.appmanager import AppManager
+
+    app, store, units, systemd, _ = env
+    manager = AppManager(tmp_path / "apps", tmp_path / "rel", store, systemd, units)
+    small = app.__class__(**{**app.__dict__, "keep_releases": 2})
+    for v in ("3.0.0", "4.0.0"):
+        store.add_release("web", v, v, "0" * 64, 1)
+    for v in ("1.0.0", "2.0.0", "3.0.0", "4.0.0"):
+        (small.releases_dir / v).mkdir(parents=True)
+    store.set_release_status("web", "3.0.0", "failed", "bad")
+    store.set_app_state("web", current="1.0.0", last_good="1.0.0")
+    removed = aio.run(manager.cleanup(small))
+    assert removed == ["3.0.0", "2.0.0"]
+    assert sorted(p.name for p in small.releases_dir.iterdir()) == ["1.0.0", "4.0.0"]
+    assert [r["version"] for r in store.releases("web")] == ["1.0.0", "4.0.0"]

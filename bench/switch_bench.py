@@ -1,0 +1,521 @@
+#!/usr/bin/python3
+"""Benchmark: bloom-agent's switch against `systemctl restart`, under saturating load.
+
+    /usr/bin/python3 bench/switch_bench.py [--switches 20] [--restarts 20] [--connections 50]
+                                           [--pause 2] [--json OUT] [--keep-logs DIR]
+
+Run as root on a Debian 12 host that can run the integration tests (make deps; make deb first).
+It boots a throw-away systemd machine with tests/machine.py, installs the newest
+dist/bloom-agent_*_all.deb there with apt, and declares the app ``web`` (the sample app,
+127.0.0.1:8080). Then, inside the machine:
+
+1. wrk at saturation on web (one connection per wrk thread, bench/reqlog.lua logs every
+   request), and ``bloomctl switch web V --json`` SWITCHES times, alternating between two
+   installed releases, with PAUSE seconds of plain load before each switch and after the last;
+2. the same load on ``plain.service``: the same sample app binding its own port
+   (127.0.0.1:8081, Type=notify), deployed "the usual way": a symlink moved to the other
+   release and ``systemctl restart plain``, RESTARTS times with the same pauses.
+
+It prints the failed requests and the latency inside the deploy windows (the wall time of
+each bloomctl / systemctl call) against outside them, and each switch's time split from
+bloomctl's JSON. See docs/benchmarks.md for what the figures mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import math
+import os
+import platform
+import shlex
+import signal
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "examples" / "sampleapp"))
+
+import machine as harness  # noqa: E402
+from make_release import make_release  # noqa: E402
+
+VERSIONS = ("1.0.0", "1.1.0")
+APP_PORT, PLAIN_PORT = 8080, 8081
+WRK_TIMEOUT_SEC = 5
+REMOTE = "/root/bench"
+
+APP_FILE = """\
+listen = ["127.0.0.1:{port}"]
+exec = "bin/sampleapp"
+probation_sec = {probation}
+ready_timeout_sec = 10
+stop_timeout_sec = 10
+keep_releases = 5
+"""
+
+# The baseline: the same app, the same kind of unit (Type=notify, DynamicUser, the sandbox
+# the agent's template applies), but it binds its own port, so a restart closes it.
+PLAIN_UNIT = """\
+[Unit]
+Description=sample app deployed the usual way (benchmark baseline)
+
+[Service]
+Type=notify
+NotifyAccess=main
+WorkingDirectory=/opt/plain/current
+ExecStart=/opt/plain/current/bin/sampleapp --listen 127.0.0.1:{port}
+TimeoutStartSec=10
+TimeoutStopSec=10
+KillMode=mixed
+DynamicUser=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+NoNewPrivileges=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+"""
+
+SWITCH_STEPS = ("starting", "checking", "pointing", "daemon-reload", "stopping-old", "probation", "blessing")
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------- machine
+
+
+def newest_deb() -> Path:
+    debs = sorted(REPO.glob("dist/bloom-agent_*_all.deb"), key=lambda p: p.stat().st_mtime)
+    if not debs:
+        raise SystemExit(f"no bloom-agent_*_all.deb in {REPO / 'dist'}; build it with: make deb")
+    return debs[-1]
+
+
+def run(m, cmd, timeout=600) -> str:
+    proc = m.run(cmd, timeout=timeout)
+    if proc.returncode != 0:
+        raise harness.MachineError(f"{cmd!r} exited with {proc.returncode}:\n{proc.stdout}{proc.stderr}")
+    return proc.stdout
+
+
+def prepare(m, deb: Path, work: Path, probation: float) -> dict:
+    """Install the package, deploy web, set up plain.service; returns facts about the machine."""
+    say(f"installing {deb.name}")
+    m.put(deb, "/root/")
+    run(m, ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", f"/root/{deb.name}"])
+    run(m, ["mkdir", "-p", "/etc/bloom/apps", "/root/releases", REMOTE, "/opt/plain/releases"])
+    app_file = work / "web.toml"
+    app_file.write_text(APP_FILE.format(port=APP_PORT, probation=probation))
+    m.put(app_file, "/etc/bloom/apps/web.toml")
+    run(m, ["bloomctl", "reload"])
+    for name in ("drive.py", "reqlog.lua"):
+        m.put(BENCH / name, f"{REMOTE}/{name}")
+    for version in VERSIONS:
+        built = make_release(version, work)
+        remote = f"/root/releases/web-{version}.tar.gz"
+        m.put(built, remote)
+        m.put(Path(f"{built}.sha256"), f"{remote}.sha256")
+        run(m, f"mkdir -p /opt/plain/releases/{version} && tar -xzf {remote} -C /opt/plain/releases/{version}")
+    say(f"deploying web {VERSIONS[0]}, installing {VERSIONS[1]}")
+    run(m, ["bloomctl", "deploy", "web", f"/root/releases/web-{VERSIONS[0]}.tar.gz"])
+    run(m, ["bloomctl", "install", "web", f"/root/releases/web-{VERSIONS[1]}.tar.gz"])
+    unit = work / "plain.service"
+    unit.write_text(PLAIN_UNIT.format(port=PLAIN_PORT))
+    m.put(unit, "/etc/systemd/system/plain.service")
+    run(m, f"ln -sfn releases/{VERSIONS[0]} /opt/plain/current && systemctl daemon-reload "
+           "&& systemctl start plain.service")
+    for port in (APP_PORT, PLAIN_PORT):
+        run(m, ["curl", "-fsS", "--max-time", "5", f"http://127.0.0.1:{port}/"])
+    facts = run(m, "nproc; uname -r; systemctl --version | head -1; cat /etc/debian_version; "
+                   "wrk -v 2>&1 | head -1; /usr/bin/python3 --version; "
+                   "sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1; "
+                   "dpkg-query -W -f '${Version}' bloom-agent").splitlines()
+    keys = ("cpus", "kernel", "systemd", "debian", "wrk", "python", "cpu_model", "bloom_agent")
+    info = dict(zip(keys, facts))
+    # what bloomctl costs before it talks to the agent (part of every switch's wall time)
+    info["bloomctl_version_sec"] = time_command(m, ["bloomctl", "--version"], 5)
+    return info
+
+
+def time_command(m, cmd, n: int) -> float:
+    """Median wall time of cmd inside the machine, measured there."""
+    code = ("import subprocess, time, statistics, sys\n"
+            "ts = []\n"
+            f"for _ in range({n}):\n"
+            "    t = time.time(); subprocess.run(sys.argv[1:], capture_output=True); ts.append(time.time() - t)\n"
+            "print(statistics.median(ts))\n")
+    return float(run(m, ["/usr/bin/python3", "-c", code, *cmd]).strip())
+
+
+def run_phase(m, mode: str, count: int, args, work: Path) -> dict:
+    port = APP_PORT if mode == "switch" else PLAIN_PORT
+    log_dir = f"/root/bench-logs/{mode}"
+    out = f"/root/bench-{mode}.json"
+    cmd = ["/usr/bin/python3", f"{REMOTE}/drive.py", "--mode", mode, "--url", f"http://127.0.0.1:{port}/",
+           "--versions", ",".join(VERSIONS), "--count", str(count), "--pause", str(args.pause),
+           "--warmup", str(args.warmup), "--connections", str(args.connections),
+           "--timeout", f"{WRK_TIMEOUT_SEC}s", "--log-dir", log_dir, "--out", out]
+    say(f"{mode}: {count} deploys under wrk -t{args.connections} -c{args.connections}, "
+        f"{args.pause:g} s apart (about {args.warmup + (count + 1) * (args.pause + 1.5):.0f} s)")
+    proc = m.run(cmd, timeout=3600)
+    if proc.returncode != 0:
+        raise harness.MachineError(f"{mode} phase failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    run(m, f"tar -czf /root/bench-{mode}.tar.gz -C {log_dir} . && cp {out} /root/bench-logs/{mode}.json")
+    local = work / mode
+    local.mkdir(exist_ok=True)
+    m.get(f"/root/bench-{mode}.tar.gz", work / f"{mode}.tar.gz")
+    m.get(out, local / "drive.json")
+    with tarfile.open(work / f"{mode}.tar.gz") as tar:
+        # our own machine's files; the "data" filter where this Python has it (3.11.4+)
+        tar.extractall(local, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    report = json.loads((local / "drive.json").read_text())
+    report["log_dir"] = str(local)
+    return report
+
+
+# ---------------------------------------------------------------------------------- analysis
+
+
+def read_connections(log_dir: Path) -> list[list[tuple[int, int, int, int]]]:
+    """Per wrk connection, its attempts in order: (start_us, status, latency_us, wait_us)."""
+    conns = []
+    for path in sorted(log_dir.glob("req-*.tsv")):
+        rows = []
+        with open(path) as f:
+            for line in f:
+                parts = line.split("\t")
+                if len(parts) == 4:
+                    rows.append((int(parts[0]), int(parts[1]), int(parts[2]), int(parts[3])))
+        conns.append(rows)
+    return conns
+
+
+def logical_requests(conn):
+    """Fold a connection's attempts into requests as a client that retries would see them:
+    failed attempts (no response) are retried at once by wrk, so a request spans from the end
+    of the previous one (reconnection included) to its first response. Yields
+    (begin_us, end_us, status, failed_attempts); status -1 for attempts still failing at the end."""
+    begin, fails, end = None, 0, None
+    for start, status, latency, wait in conn:
+        if begin is None:
+            begin, fails = start - wait, 0
+        end = start + latency
+        if status == -1:
+            fails += 1
+            continue
+        yield begin, end, status, fails
+        begin = None
+    if begin is not None:
+        yield begin, end, -1, fails
+
+
+class Windows:
+    def __init__(self, spans: list[tuple[float, float]]) -> None:
+        self.spans = sorted((int(a * 1e6), int(b * 1e6)) for a, b in spans)
+        self.starts = [a for a, _ in self.spans]
+
+    def overlaps(self, begin: int, end: int) -> bool:
+        i = bisect.bisect_right(self.starts, end) - 1  # last window starting before the end
+        return i >= 0 and self.spans[i][1] >= begin
+
+
+def percentile(sorted_values: list[int], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    rank = math.ceil(q / 100 * len(sorted_values))  # nearest rank
+    return sorted_values[max(0, min(len(sorted_values), rank) - 1)]
+
+
+def analyse_load(report: dict) -> dict:
+    windows = Windows([(e["t0"], e["t1"]) for e in report["events"]])
+    lo, hi = int(report["measure_start"] * 1e6), int(report["measure_end"] * 1e6)
+    groups = {w: {"requests": 0, "failed_attempts": 0, "non_2xx": 0, "slow": 0, "retried": 0, "lat": []}
+              for w in ("inside", "outside")}
+    attempts = 0
+    for conn in read_connections(Path(report["log_dir"])):
+        for begin, end, status, fails in logical_requests(conn):
+            if not lo <= begin <= hi:
+                continue
+            g = groups["inside" if windows.overlaps(begin, end) else "outside"]
+            attempts += fails + (status != -1)
+            g["failed_attempts"] += fails
+            if status == -1:
+                continue
+            g["requests"] += 1
+            g["retried"] += fails > 0
+            if not 200 <= status < 300:
+                g["non_2xx"] += 1
+            if end - begin > WRK_TIMEOUT_SEC * 1e6:
+                g["slow"] += 1
+            g["lat"].append(end - begin)
+    out = {}
+    for name, g in groups.items():
+        lat = sorted(g.pop("lat"))
+        g["failed"] = g["failed_attempts"] + g["non_2xx"] + g["slow"]
+        g.update({f"{k}_ms": (v / 1000 if v is not None else None)
+                  for k, v in (("p50", percentile(lat, 50)), ("p99", percentile(lat, 99)),
+                               ("max", lat[-1] if lat else None))})
+        out[name] = g
+    p99_in, p99_out = out["inside"]["p99_ms"], out["outside"]["p99_ms"]
+    seconds = (hi - lo) / 1e6
+    wrk = report.get("wrk_summary") or {}
+    return {
+        "windows": out,
+        "p99_ratio": (p99_in / p99_out) if p99_in and p99_out else None,
+        "attempts": attempts,
+        "requests": out["inside"]["requests"] + out["outside"]["requests"],
+        "failed": out["inside"]["failed"] + out["outside"]["failed"],
+        "requests_per_sec": (out["inside"]["requests"] + out["outside"]["requests"]) / seconds,
+        "measured_sec": seconds,
+        "window_sec": sum(b - a for a, b in windows.spans) / 1e6,
+        "cpu_busy": report.get("cpu_busy"),
+        "wrk": {"requests": wrk.get("requests"), "errors": wrk.get("errors"),
+                "latency_us": wrk.get("latency_us")},
+    }
+
+
+def stats(values: list[float]) -> dict:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"median": None, "max": None, "n": 0}
+    return {"median": statistics.median(values), "max": max(values), "n": len(values)}
+
+
+def analyse_switches(report: dict) -> dict:
+    rows = []
+    for e in report["events"]:
+        t = (e.get("result") or {}).get("timings") or {}
+        wall = e["t1"] - e["t0"]
+        row = {"wall": wall, **{s: t.get(s) for s in SWITCH_STEPS}}
+        if all(t.get(s) is not None for s in ("starting", "stopping-old", "probation")):
+            row["overhead"] = wall - t["starting"] - t["stopping-old"] - t["probation"]
+            steps = sum(t.get(s) or 0 for s in SWITCH_STEPS if s != "daemon-reload")
+            row["outside_steps"] = wall - steps
+        if all(t.get(s) is not None for s in ("checking", "pointing", "blessing")):
+            row["agent_steps"] = t["checking"] + t["pointing"] - (t.get("daemon-reload") or 0) + t["blessing"]
+        rows.append(row)
+    keys = ("wall", *SWITCH_STEPS, "overhead", "agent_steps", "outside_steps")
+    return {
+        "outcomes": [((e.get("result") or {}).get("outcome"), e["rc"]) for e in report["events"]],
+        "served_ok": sum(e["served"] == e["version"] for e in report["events"]),
+        "has_timings": any((e.get("result") or {}).get("timings") for e in report["events"]),
+        "per_switch": rows,
+        "stats": {k: stats([r.get(k) for r in rows]) for k in keys},
+    }
+
+
+def analyse_restarts(report: dict) -> dict:
+    rows = [{"wall": e["t1"] - e["t0"], **(e.get("result") or {}).get("timings", {})} for e in report["events"]]
+    return {
+        "outcomes": [e["rc"] for e in report["events"]],
+        "served_ok": sum(e["served"] == e["version"] for e in report["events"]),
+        "per_restart": rows,
+        "stats": {k: stats([r.get(k) for r in rows]) for k in ("wall", "starting", "stopping")},
+    }
+
+
+# ---------------------------------------------------------------------------------- printing
+
+
+def fmt(v, unit="", digits=1) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.{digits}f}{unit}"
+
+
+def ms(v) -> str:
+    return fmt(v * 1000 if v is not None else None, digits=1)
+
+
+def print_report(res: dict) -> None:
+    cfg, info = res["config"], res["machine"]
+    print()
+    print(f"machine: {info.get('cpus')} CPUs ({info.get('cpu_model')}), kernel {info.get('kernel')}, "
+          f"{info.get('systemd')}, Debian {info.get('debian')}, nspawn container")
+    print(f"load: {info.get('wrk')} -t{cfg['connections']} -c{cfg['connections']} (one connection per thread, "
+          f"closed loop, keep-alive, GET /), reqlog.lua; pause {cfg['pause']:g} s between deploys; "
+          f"probation_sec {cfg['probation']:g}")
+    print()
+    print("Requests (requests starting in the measured period; inside = overlapping a deploy window)")
+    head = (f"{'':22} {'window':8} {'requests':>9} {'failed':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>9} "
+            f"{'p99 in/out':>10}")
+    print(head)
+    print("-" * len(head))
+    for name, label in (("switch", f"bloomctl switch x{cfg['switches']}"),
+                        ("restart", f"systemctl restart x{cfg['restarts']}")):
+        if name not in res["load"]:
+            continue
+        load = res["load"][name]
+        for w in ("outside", "inside"):
+            g = load["windows"][w]
+            ratio = fmt(load["p99_ratio"], "x", 2) if w == "inside" else ""
+            print(f"{label if w == 'outside' else '':22} {w:8} {g['requests']:>9} {g['failed']:>7} "
+                  f"{fmt(g['p50_ms'], digits=2):>8} {fmt(g['p99_ms'], digits=2):>8} {fmt(g['max_ms'], digits=1):>9} "
+                  f"{ratio:>10}")
+    print()
+    for name in ("switch", "restart"):
+        if name not in res["load"]:
+            continue
+        load = res["load"][name]
+        e = load["wrk"]["errors"] or {}
+        print(f"{name}: {load['requests']} requests in {load['measured_sec']:.1f} s "
+              f"({load['requests_per_sec']:.0f}/s; {load['window_sec']:.1f} s inside windows), "
+              f"CPU busy {fmt((load['cpu_busy'] or 0) * 100, '%', 0)} of all cores; "
+              f"failed attempts {load['windows']['inside']['failed_attempts'] + load['windows']['outside']['failed_attempts']}, "
+              f"requests retried {load['windows']['inside']['retried'] + load['windows']['outside']['retried']}; "
+              f"wrk's counters for the whole run: connect {e.get('connect')}, read {e.get('read')}, "
+              f"write {e.get('write')}, timeout {e.get('timeout')}, non-2xx/3xx {e.get('status')}")
+    if "switch" in res["deploys"]:
+        sw = res["deploys"]["switch"]
+        s = sw["stats"]
+        print()
+        print(f"Switch time split (seconds, over {len(sw['per_switch'])} switches; outcomes "
+              f"{sorted(set(str(o) for o in sw['outcomes']))}; new version served after {sw['served_ok']})")
+        if not sw["has_timings"]:
+            print("  bloomctl switch --json printed no 'timings': only the wall time is known")
+        rows = (("app start-up to READY (starting)", "starting"),
+                ("checking", "checking"),
+                ("pointing (incl. daemon-reload)", "pointing"),
+                ("  daemon-reload", "daemon-reload"),
+                ("drain of the old release (stopping-old)", "stopping-old"),
+                ("probation (configured)", "probation"),
+                ("blessing", "blessing"),
+                ("bloomctl call, wall time", "wall"),
+                ("agent overhead: wall - starting - drain - probation", "overhead"),
+                ("  of it, checking + pointing w/o reload + blessing", "agent_steps"),
+                ("  of it, outside the steps (client, protocol, cleanup)", "outside_steps"))
+        print(f"  {'':56} {'median':>8} {'max':>8}")
+        for label, key in rows:
+            print(f"  {label:56} {fmt(s[key]['median'], digits=4):>8} {fmt(s[key]['max'], digits=4):>8}")
+        print(f"  (bloomctl --version alone takes {fmt(res['machine'].get('bloomctl_version_sec'), ' s', 3)})")
+    if "restart" in res["deploys"]:
+        rs = res["deploys"]["restart"]
+        s = rs["stats"]
+        print()
+        print(f"Restart time split (seconds, over {len(rs['per_restart'])} restarts, systemd's timestamps; "
+              f"new version served after {rs['served_ok']})")
+        for label, key in (("stop: drain of the old process", "stopping"),
+                           ("start-up to READY", "starting"),
+                           ("systemctl restart call, wall time", "wall")):
+            print(f"  {label:56} {fmt(s[key]['median'], digits=4):>8} {fmt(s[key]['max'], digits=4):>8}")
+    print()
+    print("Targets")
+    for t in res["targets"]:
+        print(f"  [{'met' if t['met'] else 'NOT met' if t['met'] is False else 'unknown'}] {t['target']}: {t['value']}")
+
+
+def targets(res: dict) -> list[dict]:
+    out = []
+    sw = res["load"].get("switch")
+    if sw:
+        out.append({"target": "0 failed requests during switches", "value": f"{sw['failed']} failed",
+                    "met": sw["failed"] == 0})
+        ratio = sw["p99_ratio"]
+        out.append({"target": "p99 inside switch windows <= 1.2x p99 outside",
+                    "value": f"{fmt(ratio, 'x', 2)} ({fmt(sw['windows']['inside']['p99_ms'], ' ms', 2)} vs "
+                             f"{fmt(sw['windows']['outside']['p99_ms'], ' ms', 2)})",
+                    "met": None if ratio is None else ratio <= 1.2})
+    d = res["deploys"].get("switch")
+    if d:
+        over = d["stats"]["overhead"]
+        steps = d["stats"]["agent_steps"]
+        out.append({"target": "agent overhead <= 100 ms per switch (wall - start-up - drain - probation)",
+                    "value": f"median {ms(over['median'])} ms, max {ms(over['max'])} ms",
+                    "met": None if over["max"] is None else over["max"] <= 0.1})
+        out.append({"target": "agent's own steps <= 100 ms per switch (checking + pointing w/o reload + blessing)",
+                    "value": f"median {ms(steps['median'])} ms, max {ms(steps['max'])} ms",
+                    "met": None if steps["max"] is None else steps["max"] <= 0.1})
+    return out
+
+
+# -------------------------------------------------------------------------------------- main
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--switches", type=int, default=20)
+    ap.add_argument("--restarts", type=int, default=20)
+    ap.add_argument("--connections", type=int, default=50, help="wrk connections (= wrk threads)")
+    ap.add_argument("--pause", type=float, default=2.0, help="seconds of load before each deploy and after the last")
+    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--probation", type=float, default=1.0, help="probation_sec of the app")
+    ap.add_argument("--deb", type=Path, help="default: the newest dist/bloom-agent_*_all.deb")
+    ap.add_argument("--json", type=Path, help="write all figures here")
+    ap.add_argument("--keep-logs", type=Path, help="keep the per-request logs in this directory")
+    args = ap.parse_args(argv)
+
+    if os.geteuid() != 0:
+        raise SystemExit("run as root (it boots a systemd-nspawn machine)")
+    problems = harness.missing_prerequisites()
+    if problems:
+        raise SystemExit("; ".join(problems))
+    deb = (args.deb or newest_deb()).resolve()
+    work = args.keep_logs.resolve() if args.keep_logs else Path(tempfile.mkdtemp(prefix="bloom-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # a killed run still destroys its machine
+
+    started = time.time()
+    harness.cleanup_leftovers(log=say)
+    m = harness.NspawnMachine(progress=say)
+    say("booting the machine")
+    m.boot()
+    try:
+        info = prepare(m, deb, work, args.probation)
+        reports = {}
+        if args.switches:
+            reports["switch"] = run_phase(m, "switch", args.switches, args, work)
+        if args.restarts:
+            reports["restart"] = run_phase(m, "restart", args.restarts, args, work)
+    finally:
+        say("destroying the machine")
+        m.destroy()
+
+    res = {
+        "config": {"switches": args.switches, "restarts": args.restarts, "connections": args.connections,
+                   "pause": args.pause, "warmup": args.warmup, "probation": args.probation,
+                   "deb": deb.name, "wrk_timeout_sec": WRK_TIMEOUT_SEC,
+                   "command": shlex.join([sys.executable, *sys.argv]), "host": platform.node()},
+        "machine": info,
+        "load": {k: analyse_load(r) for k, r in reports.items()},
+        "deploys": {},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "duration_sec": time.time() - started,
+    }
+    if "switch" in reports:
+        res["deploys"]["switch"] = analyse_switches(reports["switch"])
+    if "restart" in reports:
+        res["deploys"]["restart"] = analyse_restarts(reports["restart"])
+    res["targets"] = targets(res)
+    for name, r in reports.items():
+        res["load"][name]["wrk_output"] = r["wrk_output"]
+    print_report(res)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1) + "\n")
+        say(f"figures written to {args.json}")
+    if args.keep_logs:
+        say(f"per-request logs kept in {work}")
+    else:
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
+    say(f"done in {time.time() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

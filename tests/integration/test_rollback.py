@@ -1,0 +1,195 @@
+"""Automatic rollback on real systemd: each probation monitor trips on the sample app's faults."""
+
+import json
+import time
+
+import pytest
+
+from test_agent_package import wait_until
+from test_switch import App
+
+pytestmark = pytest.mark.usefixtures("installed")
+
+API_FILE = """\
+listen = ["127.0.0.1:8081"]
+exec = "bin/sampleapp"
+probation_sec = {probation}
+ready_timeout_sec = 5
+stop_timeout_sec = 10
+watchdog_sec = 2
+max_error_rate_per_minute = 20
+error_patterns = {patterns}
+on_switch = ["cat > /tmp/hook-switch.json"]
+on_rollback = ["cat > /tmp/hook-rollback.json"]
+on_rollback_failure = ["cat > /tmp/hook-rollback-failure.json"]
+
+[[health_check]]
+type = "http"
+interval_sec = 0.5
+failures = 3
+max_response_time_ms = 1000
+"""
+
+
+class Api(App):
+    name, port = "api", 8081
+
+    def __init__(self, machine, workdir):
+        self.machine, self.host, self.workdir = machine, machine.host, workdir
+        self.host.check_output("mkdir -p /etc/bloom/apps /root/releases")
+        self.configure()
+
+    def configure(self, probation: float = 6, patterns: str = "[]") -> None:
+        text = API_FILE.format(probation=probation, patterns=patterns)
+        self.host.check_output(f"cat > /etc/bloom/apps/api.toml <<'EOF'\n{text}EOF")
+        self.host.check_output("bloomctl reload")
+
+    def release(self, version, faults=None):
+        from make_release import make_release
+
+        built = make_release(version, self.workdir, faults=faults)
+        remote = f"/root/releases/api-{version}.tar.gz"
+        self.machine.put(built, remote)
+        return remote
+
+    def serving(self) -> str:
+        return self.host.check_output("curl -sS --max-time 5 http://127.0.0.1:8081/")
+
+    def status(self) -> dict:
+        return json.loads(self.host.check_output("bloomctl status api --json"))
+
+    def running(self):
+        out = self.host.check_output("systemctl list-units --no-legend --plain --state=active,activating 'api@*.service'")
+        return sorted(line.split()[0] for line in out.splitlines() if line.strip())
+
+    def history(self):
+        return json.loads(self.host.check_output("bloomctl history api --json"))
+
+    def releases(self):
+        return {r["version"]: r for r in json.loads(self.host.check_output("bloomctl releases api --json"))}
+
+    def deploy(self, version, faults=None, extra=""):
+        began = time.monotonic()
+        out = self.host.run(f"bloomctl deploy {extra} api {self.release(version, faults)}")
+        return out, time.monotonic() - began
+
+
+@pytest.fixture(scope="module")
+def api(machine, tmp_path_factory):
+    api = Api(machine, tmp_path_factory.mktemp("api"))
+    out, _ = api.deploy("1.0.0")
+    assert out.rc == 0, out.stderr
+    return api
+
+
+@pytest.mark.parametrize("faults, reason", [
+    ({"crash_after_sec": 1}, "probation: crash: api@2.0.1.service"),
+    ({"stop_watchdog_after_sec": 1}, "probation: watchdog: api@2.0.2.service missed its watchdog ping"),
+    ({"error_log_per_sec": 10}, "probation: journal error rate 21/min > 20/min for api@2.0.3.service; last error: "
+                                "sampleapp 2.0.3: simulated error #21"),
+    ({"fail_health": True}, "probation: health check http#0 failed 3 times in a row: HTTP 500"),
+    ({"slow_response_ms": 1500}, "probation: health check http#0 failed 3 times in a row"),
+], ids=["crash", "watchdog", "error-rate", "http-status", "response-time"])
+def test_each_trigger_rolls_back_with_exit_3(api, faults, reason):
+    version = {"crash_after_sec": "2.0.1", "stop_watchdog_after_sec": "2.0.2", "error_log_per_sec": "2.0.3",
+               "fail_health": "2.0.4", "slow_response_ms": "2.0.5"}[next(iter(faults))]
+    current = api.status()["current"]
+    out, _ = api.deploy(version, faults)
+    assert out.rc == 3, out.stdout + out.stderr
+    assert reason in out.stderr
+    assert api.serving() == f"sampleapp {current}"
+    assert api.running() == [f"api@{current}.service"]
+    assert api.releases()[version]["status"] == "failed"
+    record = api.history()[0]
+    assert (record["outcome"], record["version"]) == ("rolled-back", version)
+    assert reason in record["reason"]
+    hook = json.loads(api.host.check_output("cat /tmp/hook-rollback.json"))
+    assert (hook["event"], hook["version"], hook["outcome"]) == ("rollback", version, "rolled-back")
+
+
+def test_error_patterns_catch_errors_logged_at_info(api):
+    api.configure(patterns='["simulated warning"]')
+    try:
+        out, _ = api.deploy("2.1.0", {"warn_log_per_sec": 10})
+        assert out.rc == 3
+        assert "journal error rate 21/min > 20/min" in out.stderr and "simulated warning" in out.stderr
+    finally:
+        api.configure()
+
+
+def test_healthy_release_with_warnings_and_one_slow_request_stays(api):
+    out, _ = api.deploy("2.2.0", {"warn_log_per_sec": 5, "slow_first_request_ms": 1500})
+    assert out.rc == 0, out.stderr
+    assert api.serving() == "sampleapp 2.2.0"
+    assert api.releases()["2.2.0"]["status"] == "current"
+    assert json.loads(api.host.check_output("cat /tmp/hook-switch.json"))["version"] == "2.2.0"
+
+
+def test_no_request_fails_during_automatic_rollback_under_load(api):
+    current = api.status()["current"]
+    api.host.check_output("rm -f /tmp/wrk-api.out; (wrk -t2 -c40 -d12s http://127.0.0.1:8081/ > /tmp/wrk-api.out 2>&1 &)")
+    time.sleep(1)
+    out, _ = api.deploy("2.3.0", {"error_log_per_sec": 20})
+    assert out.rc == 3 and "journal error rate" in out.stderr
+    wrk = wait_until(lambda: (t := api.host.check_output("cat /tmp/wrk-api.out")) and "Requests/sec" in t and t, 30, "wrk")
+    assert "Socket errors" not in wrk, wrk
+    assert "Non-2xx" not in wrk, wrk
+    assert api.serving() == f"sampleapp {current}"
+
+
+def test_rollback_during_probation_is_immediate(api):
+    current = api.status()["current"]
+    api.configure(probation=60)
+    try:
+        started = api.host.run(f"bloomctl deploy --no-wait api {api.release('2.4.0')}")
+        assert started.rc == 0, started.stderr
+        wait_until(lambda: api.status()["state"] == "probation", 20, "probation to begin")
+        began = time.monotonic()
+        out = api.host.run("bloomctl rollback api")
+        elapsed = time.monotonic() - began
+        assert out.rc == 3, out.stdout + out.stderr
+        assert "rollback requested by root" in out.stderr
+        assert elapsed < 15, f"rollback took {elapsed:.1f} s of a 60 s probation"
+        assert api.serving() == f"sampleapp {current}"
+    finally:
+        api.configure()
+
+
+def test_reboot_during_probation_comes_back_on_last_good(api, machine):
+    current = api.status()["current"]
+    api.configure(probation=120)
+    try:
+        assert api.host.run(f"bloomctl deploy --no-wait api {api.release('2.5.0')}").rc == 0
+        wait_until(lambda: api.status()["state"] == "probation", 20, "probation to begin")
+        assert api.serving() == "sampleapp 2.5.0"
+        machine.reboot()
+        wait_until(lambda: api.host.run("curl -sS --max-time 5 http://127.0.0.1:8081/").stdout.strip()
+                   == f"sampleapp {current}", 40, "the last good release after reboot")
+        wait_until(lambda: api.status()["state"] == "serving", 40, "the agent to settle")
+        assert api.running() == [f"api@{current}.service"]
+        record = next(h for h in api.history() if h["version"] == "2.5.0" and h["action"] == "switch")
+        assert record["outcome"] == "rolled-back"
+        assert "the host rebooted during step probation" in record["reason"]
+    finally:
+        api.configure()
+
+
+def test_rollback_failure_is_degraded_runs_hook_and_logs_crit(api):
+    current = api.status()["current"]
+    exe = f"/var/lib/bloom/releases/api/{current}/bin/sampleapp"
+    api.host.check_output(f"chmod -x {exe}")  # the previous release can no longer start
+    try:
+        out, _ = api.deploy("2.6.0", {"crash_after_sec": 1})
+        assert out.rc == 4, out.stdout + out.stderr
+        assert "degraded" in out.stderr and f"cannot start {current} again" in out.stderr
+        hook = json.loads(api.host.check_output("cat /tmp/hook-rollback-failure.json"))
+        assert (hook["event"], hook["outcome"], hook["version"]) == ("rollback_failure", "degraded", "2.6.0")
+        crit = api.host.check_output("journalctl -o json --no-pager MESSAGE_ID=4b8a0c3e9d2f4e6b9a71c5d0e2f3a8b1")
+        assert any(json.loads(line)["PRIORITY"] == "2" for line in crit.splitlines())
+        assert api.status()["state"] == "degraded"
+    finally:
+        api.host.check_output(f"chmod +x {exe}")
+    # The operator's way out: a good release.
+    out, _ = api.deploy("2.7.0")
+    assert out.rc == 0, out.stderr
+    assert api.status()["state"] == "serving"
