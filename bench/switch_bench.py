@@ -238,28 +238,45 @@ def percentile(sorted_values: list[int], q: float) -> float | None:
     return sorted_values[max(0, min(len(sorted_values), rank) - 1)]
 
 
+def core_spans(report: dict) -> list[tuple[float, float]]:
+    """For switches: the part of each switch where requests move, from the agent's start of the
+    deployment to the start of probation (its end minus probation and blessing)."""
+    spans = []
+    for e in report["events"]:
+        t = (e.get("result") or {}).get("timings") or {}
+        if "agent_started" in e and "probation" in t:
+            spans.append((e["agent_started"], e["agent_finished"] - t["probation"] - t.get("blessing", 0)))
+    return spans
+
+
 def analyse_load(report: dict) -> dict:
-    windows = Windows([(e["t0"], e["t1"]) for e in report["events"]])
+    windows = {"inside": Windows([(e["t0"], e["t1"]) for e in report["events"]])}
+    if report["mode"] == "switch" and core_spans(report):
+        windows["core"] = Windows(core_spans(report))
     lo, hi = int(report["measure_start"] * 1e6), int(report["measure_end"] * 1e6)
     groups = {w: {"requests": 0, "failed_attempts": 0, "non_2xx": 0, "slow": 0, "retried": 0, "lat": []}
-              for w in ("inside", "outside")}
+              for w in ("outside", *windows)}
     attempts = 0
     for conn in read_connections(Path(report["log_dir"])):
         for begin, end, status, fails in logical_requests(conn):
             if not lo <= begin <= hi:
                 continue
-            g = groups["inside" if windows.overlaps(begin, end) else "outside"]
             attempts += fails + (status != -1)
-            g["failed_attempts"] += fails
-            if status == -1:
-                continue
-            g["requests"] += 1
-            g["retried"] += fails > 0
-            if not 200 <= status < 300:
-                g["non_2xx"] += 1
-            if end - begin > WRK_TIMEOUT_SEC * 1e6:
-                g["slow"] += 1
-            g["lat"].append(end - begin)
+            names = [w for w in windows if windows[w].overlaps(begin, end)]
+            if "inside" not in names:
+                names = ["outside"]
+            for name in names:
+                g = groups[name]
+                g["failed_attempts"] += fails
+                if status == -1:
+                    continue
+                g["requests"] += 1
+                g["retried"] += fails > 0
+                if not 200 <= status < 300:
+                    g["non_2xx"] += 1
+                if end - begin > WRK_TIMEOUT_SEC * 1e6:
+                    g["slow"] += 1
+                g["lat"].append(end - begin)
     out = {}
     for name, g in groups.items():
         lat = sorted(g.pop("lat"))
@@ -267,19 +284,25 @@ def analyse_load(report: dict) -> dict:
         g.update({f"{k}_ms": (v / 1000 if v is not None else None)
                   for k, v in (("p50", percentile(lat, 50)), ("p99", percentile(lat, 99)),
                                ("max", lat[-1] if lat else None))})
+        p99, p99_out = g["p99_ms"], groups["outside"].get("p99_ms")
+        if name != "outside":
+            g["p99_ratio"] = (p99 / p99_out) if p99 and p99_out else None
         out[name] = g
-    p99_in, p99_out = out["inside"]["p99_ms"], out["outside"]["p99_ms"]
+    total = out["inside"]["requests"] + out["outside"]["requests"]
     seconds = (hi - lo) / 1e6
     wrk = report.get("wrk_summary") or {}
     return {
         "windows": out,
-        "p99_ratio": (p99_in / p99_out) if p99_in and p99_out else None,
+        "p99_ratio": out["inside"]["p99_ratio"],
         "attempts": attempts,
-        "requests": out["inside"]["requests"] + out["outside"]["requests"],
+        "requests": total,
         "failed": out["inside"]["failed"] + out["outside"]["failed"],
-        "requests_per_sec": (out["inside"]["requests"] + out["outside"]["requests"]) / seconds,
+        "failed_attempts": out["inside"]["failed_attempts"] + out["outside"]["failed_attempts"],
+        "retried": out["inside"]["retried"] + out["outside"]["retried"],
+        "requests_per_sec": total / seconds,
         "measured_sec": seconds,
-        "window_sec": sum(b - a for a, b in windows.spans) / 1e6,
+        "window_sec": sum(b - a for a, b in windows["inside"].spans) / 1e6,
+        "core_window_sec": (sum(b - a for a, b in windows["core"].spans) / 1e6) if "core" in windows else None,
         "cpu_busy": report.get("cpu_busy"),
         "wrk": {"requests": wrk.get("requests"), "errors": wrk.get("errors"),
                 "latency_us": wrk.get("latency_us")},
@@ -305,8 +328,14 @@ def analyse_switches(report: dict) -> dict:
             row["outside_steps"] = wall - steps
         if all(t.get(s) is not None for s in ("checking", "pointing", "blessing")):
             row["agent_steps"] = t["checking"] + t["pointing"] - (t.get("daemon-reload") or 0) + t["blessing"]
+        if "agent_started" in e and t:
+            steps = sum(t.get(s) or 0 for s in SWITCH_STEPS if s != "daemon-reload")
+            row["before_steps"] = e["agent_started"] - e["t0"]
+            row["after_steps"] = e["t1"] - e["agent_finished"]
+            row["between_steps"] = e["agent_finished"] - e["agent_started"] - steps
         rows.append(row)
-    keys = ("wall", *SWITCH_STEPS, "overhead", "agent_steps", "outside_steps")
+    keys = ("wall", *SWITCH_STEPS, "overhead", "agent_steps", "outside_steps", "before_steps", "between_steps",
+            "after_steps")
     return {
         "outcomes": [((e.get("result") or {}).get("outcome"), e["rc"]) for e in report["events"]],
         "served_ok": sum(e["served"] == e["version"] for e in report["events"]),
@@ -349,7 +378,7 @@ def print_report(res: dict) -> None:
           f"probation_sec {cfg['probation']:g}")
     print()
     print("Requests (requests starting in the measured period; inside = overlapping a deploy window)")
-    head = (f"{'':22} {'window':8} {'requests':>9} {'failed':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>9} "
+    head = (f"{'':22} {'window':12} {'requests':>9} {'failed':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>9} "
             f"{'p99 in/out':>10}")
     print(head)
     print("-" * len(head))
@@ -358,10 +387,11 @@ def print_report(res: dict) -> None:
         if name not in res["load"]:
             continue
         load = res["load"][name]
-        for w in ("outside", "inside"):
+        for i, w in enumerate(w for w in ("outside", "inside", "core") if w in load["windows"]):
             g = load["windows"][w]
-            ratio = fmt(load["p99_ratio"], "x", 2) if w == "inside" else ""
-            print(f"{label if w == 'outside' else '':22} {w:8} {g['requests']:>9} {g['failed']:>7} "
+            ratio = fmt(g.get("p99_ratio"), "x", 2) if w != "outside" else ""
+            label_w = "start..drain" if w == "core" else w
+            print(f"{label if i == 0 else '':22} {label_w:12} {g['requests']:>9} {g['failed']:>7} "
                   f"{fmt(g['p50_ms'], digits=2):>8} {fmt(g['p99_ms'], digits=2):>8} {fmt(g['max_ms'], digits=1):>9} "
                   f"{ratio:>10}")
     print()
@@ -373,8 +403,7 @@ def print_report(res: dict) -> None:
         print(f"{name}: {load['requests']} requests in {load['measured_sec']:.1f} s "
               f"({load['requests_per_sec']:.0f}/s; {load['window_sec']:.1f} s inside windows), "
               f"CPU busy {fmt((load['cpu_busy'] or 0) * 100, '%', 0)} of all cores; "
-              f"failed attempts {load['windows']['inside']['failed_attempts'] + load['windows']['outside']['failed_attempts']}, "
-              f"requests retried {load['windows']['inside']['retried'] + load['windows']['outside']['retried']}; "
+              f"failed attempts {load['failed_attempts']}, requests retried {load['retried']}; "
               f"wrk's counters for the whole run: connect {e.get('connect')}, read {e.get('read')}, "
               f"write {e.get('write')}, timeout {e.get('timeout')}, non-2xx/3xx {e.get('status')}")
     if "switch" in res["deploys"]:
@@ -395,7 +424,10 @@ def print_report(res: dict) -> None:
                 ("bloomctl call, wall time", "wall"),
                 ("agent overhead: wall - starting - drain - probation", "overhead"),
                 ("  of it, checking + pointing w/o reload + blessing", "agent_steps"),
-                ("  of it, outside the steps (client, protocol, cleanup)", "outside_steps"))
+                ("  of it, outside the steps", "outside_steps"),
+                ("    bloomctl start until the agent begins the switch", "before_steps"),
+                ("    agent, between steps (state records)", "between_steps"),
+                ("    agent's end of the switch until bloomctl exits", "after_steps"))
         print(f"  {'':56} {'median':>8} {'max':>8}")
         for label, key in rows:
             print(f"  {label:56} {fmt(s[key]['median'], digits=4):>8} {fmt(s[key]['max'], digits=4):>8}")

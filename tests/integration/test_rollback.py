@@ -193,3 +193,14 @@ def test_rollback_failure_is_degraded_runs_hook_and_logs_crit(api):
     out, _ = api.deploy("2.7.0")
     assert out.rc == 0, out.stderr
     assert api.status()["state"] == "serving"
+
+
+def test_health_command_runs_checks_now(api):
+    out = api.host.run("bloomctl health api --json")
+    assert out.rc == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["healthy"] is True and result["version"] == api.status()["current"]
+    assert [c["name"] for c in result["checks"]] == ["unit", "http#0"]
+    assert "HTTP 200" in result["checks"][1]["detail"]
+    human = api.host.run("bloomctl health api")
+    assert human.rc == 0 and "healthy" in human.stdout

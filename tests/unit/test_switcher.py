@@ -182,3 +182,12 @@ def test_cleanup_keeps_current_last_good_and_removes_failed_first(env, tmp_path)
     assert removed == ["3.0.0", "2.0.0"]
     assert sorted(p.name for p in small.releases_dir.iterdir()) == ["1.0.0", "4.0.0"]
     assert [r["version"] for r in store.releases("web")] == ["1.0.0", "4.0.0"]
+
+
+def test_error_flood_in_probation_rolls_back(env):
+    app, store, units, systemd, switcher = env
+    deploy(env, "1.0.0")
+    FakeJournal.entries = [{"MESSAGE": f"db down {i}", "PRIORITY": 3} for i in range(21)]
+    _, out = deploy(env, "2.0.0")
+    assert out.outcome == "rolled-back"
+    assert out.reason == "probation: journal error rate 21/min > 20/min for web@2.0.0.service; last error: db down 20"

@@ -1,0 +1,201 @@
+import asyncio
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bloom_agent import healthchecks, monitors
+from bloom_agent.errors import ConfigError
+from bloom_agent.healthchecks import Target, parse_checks, run_check
+from fake_systemd import FakeSystemd
+
+
+def entry(message, priority=6, **extra):
+    return {"MESSAGE": message, "PRIORITY": priority, **extra}
+
+
+def test_journal_counts_errors_in_a_sliding_minute():
+    m = monitors.JournalMonitor("web@2.service", 3, ())
+    assert m.feed(entry("warn", 4), 0) is None
+    for t in range(3):
+        assert m.feed(entry(f"boom {t}", 3), t) is None
+    trip = m.feed(entry("boom 3", 2), 10)
+    assert trip == "journal error rate 4/min > 3/min for web@2.service; last error: boom 3"
+    # A minute later the old errors have left the window.
+    assert monitors.JournalMonitor("x", 3, ()).feed(entry("e", 3), 0) is None
+    m2 = monitors.JournalMonitor("web@2.service", 1, ())
+    m2.feed(entry("a", 3), 0)
+    assert m2.feed(entry("b", 3), 61) is None
+
+
+def test_journal_patterns_count_info_lines():
+    m = monitors.JournalMonitor("web@2.service", 0, (r"Traceback|FATAL",))
+    assert m.feed(entry("all good"), 0) is None
+    assert "last error: FATAL: db gone" in m.feed(entry("FATAL: db gone"), 1)
+
+
+def test_journal_suppressed_messages_count_as_errors_for_that_unit_only():
+    m = monitors.JournalMonitor("web@2.service", 20, ())
+    other = entry("Suppressed 500 messages from web@1.service", 6, MESSAGE_ID=monitors.SUPPRESSED_MESSAGE_ID)
+    assert m.feed(other, 0) is None
+    ours = entry("Suppressed 37 messages from web@2.service", 6, MESSAGE_ID=monitors.SUPPRESSED_MESSAGE_ID)
+    assert "journal error rate 37/min" in m.feed(ours, 1)
+
+
+def _status(systemd, unit):
+    return systemd.status(unit)
+
+
+def test_unit_monitor_reasons():
+    systemd = FakeSystemd()
+    asyncio.run(systemd.start("w@1.service"))
+    base = systemd.status("w@1.service")
+    assert monitors._unit_trip(base, 0) is None
+    systemd.unit("w@1.service").result = "watchdog"
+    assert monitors._unit_trip(systemd.status("w@1.service"), 0).startswith("watchdog: w@1.service missed")
+    systemd.unit("w@1.service").result = "success"
+    systemd.crash("w@1.service")
+    assert monitors._unit_trip(systemd.status("w@1.service"), 0).startswith("crash: w@1.service restarted")
+
+
+class Forever:
+    name = "quiet"
+
+    async def watch(self):
+        await asyncio.Event().wait()
+
+
+class TripsAfter:
+    name = "tripper"
+
+    def __init__(self, delay):
+        self.delay = delay
+
+    async def watch(self):
+        await asyncio.sleep(self.delay)
+        return "tripped"
+
+
+class Broken:
+    name = "broken"
+
+    async def watch(self):
+        raise OSError("journal unreadable")
+
+
+def test_probation_outcomes():
+    assert asyncio.run(monitors.probation([Forever()], 0.1, asyncio.Event())) is None
+    assert asyncio.run(monitors.probation([Forever(), TripsAfter(0.05)], 5, asyncio.Event())) == "tripped"
+    assert "broken monitor failed" in asyncio.run(monitors.probation([Broken()], 5, asyncio.Event()))
+
+    async def aborted():
+        abort = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.05, abort.set)
+        return await monitors.probation([Forever()], 30, abort)
+
+    assert asyncio.run(aborted()) == ""
+
+
+def test_check_monitor_needs_consecutive_failures():
+    results = iter([False, True, False, False, True])
+
+    async def flaky(spec, target):
+        return next(results), "flaky"
+
+    spec = parse_checks([{"type": "command", "command": "true", "failures": 2, "interval_sec": 0.01}],
+                        Path("a.toml"), ())[0]
+    healthchecks._RUNNERS["command"], saved = flaky, healthchecks._RUNNERS["command"]
+    try:
+        trip = asyncio.run(monitors.CheckMonitor(spec, Target("a", "1.0.0", "a@1.0.0.service", lambda u: {})).watch())
+    finally:
+        healthchecks._RUNNERS["command"] = saved
+    assert trip == "health check command#0 failed 2 times in a row: flaky"
+
+
+def test_check_config_errors():
+    with pytest.raises(ConfigError, match=r"health_check\[0\] of type memory needs 'memory_threshold_bytes'"):
+        parse_checks([{"type": "memory"}], Path("a.toml"), ())
+    with pytest.raises(ConfigError, match=r"key 'health_check\[0\].type': must be one of"):
+        parse_checks([{"type": "ping"}], Path("a.toml"), ())
+    with pytest.raises(ConfigError, match="unknown key 'health_check\\[0\\].interval'"):
+        parse_checks([{"type": "tcp", "interval": 3}], Path("a.toml"), ())
+    http = parse_checks([{"type": "http"}], Path("a.toml"), ("0.0.0.0:8080",))[0]
+    assert http.url == "http://127.0.0.1:8080/health"
+
+
+def _target(metrics=None):
+    return Target("web", "1.0.0", "web@1.0.0.service", lambda unit: metrics or {"memory": 100, "tasks": 2})
+
+
+async def _serve(status: int, body: bytes, delay: float = 0):
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(delay)
+        writer.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize("status, body, delay, check, ok, detail", [
+    (200, b"ok", 0, {}, True, "HTTP 200"),
+    (500, b"no", 0, {}, False, "HTTP 500 from"),
+    (200, b"degraded", 0, {"body_match": "^ok$"}, False, "does not match"),
+    (200, b"ok", 0.3, {"max_response_time_ms": 100}, False, "> 100 ms"),
+    (200, b"ok", 0.3, {"timeout_sec": 0.1}, False, "no answer within 0.1 s"),
+])
+def test_http_check(status, body, delay, check, ok, detail):
+    async def run():
+        server, port = await _serve(status, body, delay)
+        async with server:
+            spec = parse_checks([{"type": "http", "url": f"http://127.0.0.1:{port}/health", **check}],
+                                Path("a.toml"), ())[0]
+            return await run_check(spec, _target())
+
+    result = asyncio.run(run())
+    assert result.ok is ok and detail in result.detail
+
+
+def test_tcp_command_memory_tasks_checks(tmp_path):
+    async def run():
+        server, port = await _serve(200, b"")
+        async with server:
+            specs = parse_checks([
+                {"type": "tcp", "address": f"127.0.0.1:{port}"},
+                {"type": "tcp", "address": "127.0.0.1:1"},
+                {"type": "command", "command": 'test "$BLOOM_VERSION" = 1.0.0'},
+                {"type": "command", "command": "echo nope; exit 3"},
+                {"type": "memory", "memory_threshold_bytes": 50},
+                {"type": "tasks", "max_tasks": 5},
+            ], Path("a.toml"), ())
+            return [await run_check(s, _target()) for s in specs]
+
+    tcp_ok, tcp_bad, cmd_ok, cmd_bad, mem, tasks = asyncio.run(run())
+    assert tcp_ok.ok and not tcp_bad.ok and "ConnectionRefusedError" in tcp_bad.detail
+    assert cmd_ok.ok and not cmd_bad.ok and cmd_bad.detail == "'echo nope; exit 3' exited with 3: nope"
+    assert not mem.ok and mem.detail == "memory 100 bytes > 50"
+    assert tasks.ok and tasks.detail == "2 tasks"
+    unknown = asyncio.run(run_check(parse_checks([{"type": "memory", "memory_threshold_bytes": 1}], Path("a"), ())[0],
+                                    _target({"memory": None, "tasks": None})))
+    assert unknown.ok and "unavailable" in unknown.detail
+
+
+def test_python_entry_point_check(tmp_path, monkeypatch):
+    dist = tmp_path / "mychecks-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mychecks\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[bloom_agent.health_checks]\nqueue = mychecks_mod:queue_ok\n")
+    (tmp_path / "mychecks_mod.py").write_text(textwrap.dedent("""
+        def queue_ok(target):
+            return (target.version == "1.0.0", f"queue of {target.app} is short")
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = parse_checks([{"type": "python", "entry_point": "queue"}], Path("a.toml"), ())[0]
+    result = asyncio.run(run_check(spec, _target()))
+    assert result.ok and result.detail == "queue of web is short"
+    missing = parse_checks([{"type": "python", "entry_point": "nope"}], Path("a.toml"), ())[0]
+    assert "no entry point 'nope'" in asyncio.run(run_check(missing, _target())).detail
+    sys.modules.pop("mychecks_mod", None)
