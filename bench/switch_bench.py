@@ -377,9 +377,15 @@ def print_report(res: dict) -> None:
           f"closed loop, keep-alive, GET /), reqlog.lua; pause {cfg['pause']:g} s between deploys; "
           f"probation_sec {cfg['probation']:g}")
     print()
-    print("Requests (requests starting in the measured period; inside = overlapping a deploy window)")
-    head = (f"{'':22} {'window':12} {'requests':>9} {'failed':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>9} "
-            f"{'p99 in/out':>10}")
+    print("Requests that began in the measured period. inside: overlapping a deploy window (the bloomctl or "
+          "systemctl call);")
+    print("start..drain: overlapping the part of a switch from its start to the old release's exit. failed: "
+          "attempts without a")
+    print("2xx (wrk retries a failed request at once); hit: requests with a failed attempt. Latency: from the "
+          "end of the")
+    print("previous request on the connection to the 2xx response, so reconnections and retries count.")
+    head = (f"{'':22} {'window':12} {'requests':>9} {'failed':>7} {'hit':>5} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'max ms':>9} {'p99 vs out':>10}")
     print(head)
     print("-" * len(head))
     for name, label in (("switch", f"bloomctl switch x{cfg['switches']}"),
@@ -391,7 +397,7 @@ def print_report(res: dict) -> None:
             g = load["windows"][w]
             ratio = fmt(g.get("p99_ratio"), "x", 2) if w != "outside" else ""
             label_w = "start..drain" if w == "core" else w
-            print(f"{label if i == 0 else '':22} {label_w:12} {g['requests']:>9} {g['failed']:>7} "
+            print(f"{label if i == 0 else '':22} {label_w:12} {g['requests']:>9} {g['failed']:>7} {g['retried']:>5} "
                   f"{fmt(g['p50_ms'], digits=2):>8} {fmt(g['p99_ms'], digits=2):>8} {fmt(g['max_ms'], digits=1):>9} "
                   f"{ratio:>10}")
     print()
@@ -475,6 +481,12 @@ def targets(res: dict) -> list[dict]:
 # -------------------------------------------------------------------------------------- main
 
 
+def git_describe() -> str | None:
+    import subprocess
+    proc = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    return proc.stdout.strip() or None
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -522,7 +534,8 @@ def main(argv=None) -> int:
         "config": {"switches": args.switches, "restarts": args.restarts, "connections": args.connections,
                    "pause": args.pause, "warmup": args.warmup, "probation": args.probation,
                    "deb": deb.name, "wrk_timeout_sec": WRK_TIMEOUT_SEC,
-                   "command": shlex.join([sys.executable, *sys.argv]), "host": platform.node()},
+                   "command": shlex.join([sys.executable, *sys.argv]), "host": platform.node(),
+                   "git": git_describe()},
         "machine": info,
         "load": {k: analyse_load(r) for k, r in reports.items()},
         "deploys": {},

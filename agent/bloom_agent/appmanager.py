@@ -24,6 +24,7 @@ from .errors import BloomError, InvalidArguments
 from .healthchecks import Target, run_check
 from .hooks import run_hooks
 from .state import StateStore
+from .deployment import Step
 from .switcher import Deployment, Outcome, Progress, Switcher, _quiet
 from .systemd_adapter import Systemd
 from .unitfiles import UnitWriter
@@ -168,7 +169,7 @@ class AppManager:
             return "it is the current release"
         if version == state["last_good"]:
             return "it is the last good release, the one a rollback goes to"
-        if self.systemd.status(app.instance_unit(versions.instance(version))).active_state not in ("inactive", "failed"):
+        if self.systemd.status(app.instance_unit(versions.instance(version))).running:
             return "it is running"
         return ""
 
@@ -239,7 +240,7 @@ class AppManager:
                        wait: bool = True) -> dict:
         app = self.app(name)
         holder = self._holders.get(name)
-        if holder is not None and holder.deployment is not None and holder.deployment.step.value == "probation":
+        if holder is not None and holder.deployment is not None and holder.deployment.step is Step.PROBATION:
             # Fast path: abort the probation in progress; its own rollback does the reverse swap.
             dep = holder.deployment
             dep.abort_reason = f"rollback requested by {caller.user}"
@@ -285,7 +286,7 @@ class AppManager:
         app = self.app(name)
         state = self.store.app_state(name)
         holder = self._holders.get(name)
-        running = [s.name for s in self.systemd.instances(f"{name}@*.service") if s.active_state != "inactive"]
+        running = [s.name for s in self.systemd.instances(f"{name}@*.service") if s.running]
         if holder is not None:
             text = holder.deployment.step.value if holder.deployment else holder.operation
         elif state["degraded"]:
@@ -350,6 +351,8 @@ class AppManager:
                 result = await self.systemd.start(unit)
                 actions.append(f"started {current} ({result})")
         for status in self.systemd.instances(f"{app.name}@*.service"):
+            if not status.running:
+                continue
             if current is None or status.name != app.instance_unit(versions.instance(current)):
                 await self.systemd.stop(status.name)
                 actions.append(f"stopped stray {status.name}")

@@ -35,6 +35,11 @@ class UnitStatus:
     def active(self) -> bool:
         return self.active_state == "active"
 
+    @property
+    def running(self) -> bool:
+        """Has processes or is getting them: anything but stopped (inactive) or given up (failed)."""
+        return self.active_state not in ("inactive", "failed")
+
     def describe(self) -> str:
         text = f"{self.name} is {self.active_state} ({self.sub_state}), result {self.result}"
         if self.exec_main_status:
