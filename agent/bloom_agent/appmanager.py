@@ -333,8 +333,6 @@ class AppManager:
                 self.store.finish_deployment(row["id"], "failed", "failed", "the agent restarted during the install")
                 continue
             dep = self.switcher.resumed(app, row)
-            log.warning("%s: resuming deployment %d (%s -> %s) at %s after a restart", app.name, dep.id,
-                        dep.old, dep.new, dep.step)
             holder = self._acquire(app.name, f"{dep.action} to {dep.new} (resumed)", "bloom-agent")
             holder.deployment = dep
             await self._run(app, dep, holder, _quiet)

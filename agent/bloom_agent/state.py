@@ -184,6 +184,9 @@ class StateStore:
             self._db.execute("INSERT INTO deployment_steps (deployment, at, step, detail) VALUES (?, ?, ?, ?)",
                              (deployment, utcnow(), step, detail))
 
+    def set_deployment_reason(self, deployment: int, reason: str) -> None:
+        self._db.execute("UPDATE deployments SET reason = ? WHERE id = ?", (reason, deployment))
+
     def finish_deployment(self, deployment: int, step: str, outcome: str, reason: str = "") -> None:
         with self._transaction():
             self._db.execute("UPDATE deployments SET step = ?, outcome = ?, reason = ?, finished_at = ? WHERE id = ?",

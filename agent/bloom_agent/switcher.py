@@ -96,17 +96,17 @@ class Switcher:
         dep = Deployment(id=row["id"], app=app, action=row["action"], new=row["version"], old=row["from_version"],
                          caller=row["caller"])
         step = Step(row["step"])
+        dep.reason = row["reason"]  # a failure learned before the restart still explains the outcome
         if row["boot_id"] and row["boot_id"] != boot_id() and step in (Step.STOPPING_OLD, Step.PROBATION):
             # Not blessed when the host went down: like an Erlang release never made permanent, go back.
             dep.step = Step.ROLLING_BACK
-            dep.reason = f"the host rebooted during step {row['step']}; back on the last good release"
+            dep.reason = f"the host rebooted during step {step}; back on the last good release"
         else:
             dep.step = RESUME_AFTER_RESTART[step]
-            if dep.step in (Step.REVERTING, Step.ROLLING_BACK) and step not in (Step.REVERTING, Step.ROLLING_BACK):
-                dep.reason = f"the agent restarted during step {row['step']}"
-            elif not row["reason"]:
-                log.warning("%s: the agent restarted during step %s; carrying on", app.name, row["step"])
-            dep.reason = dep.reason or row["reason"]
+            if dep.step is Step.REVERTING and step is not Step.REVERTING:
+                dep.reason = f"the agent restarted during step {step}"
+        log.warning("%s: deployment %d was in step %s when the agent stopped; resuming at %s", app.name, dep.id,
+                    step, dep.step)
         return dep
 
     async def run(self, dep: Deployment, progress: Progress = _quiet) -> Outcome:
@@ -148,6 +148,7 @@ class Switcher:
     def _fail(self, dep: Deployment, reason: str) -> str:
         if not dep.reason:
             dep.reason = reason
+            self.store.set_deployment_reason(dep.id, reason)
         return FAIL
 
     async def _starting(self, dep: Deployment) -> str:

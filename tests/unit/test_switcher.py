@@ -191,3 +191,24 @@ def test_error_flood_in_probation_rolls_back(env):
     _, out = deploy(env, "2.0.0")
     assert out.outcome == "rolled-back"
     assert out.reason == "probation: journal error rate 21/min > 20/min for web@2.0.0.service; last error: db down 20"
+
+
+def test_resume_keeps_a_failure_reason_learned_before_the_restart(env):
+    app, store, units, systemd, switcher = env
+    deploy(env, "1.0.0")
+    dep = switcher.begin(app, "switch", "2.0.0", "root")
+    switcher._fail(dep, "web@2.0.0.service did not become ready")
+    store.record_step(dep.id, "reverting")
+    out = asyncio.run(switcher.run(switcher.resumed(app, store.unfinished_deployments()[0])))
+    assert (out.outcome, out.reason) == ("failed", "web@2.0.0.service did not become ready")
+
+
+def test_resume_after_a_reboot_during_probation_goes_back(env):
+    app, store, units, systemd, switcher = env
+    deploy(env, "1.0.0")
+    dep = switcher.begin(app, "switch", "2.0.0", "root")
+    store.record_step(dep.id, "probation")
+    store._db.execute("UPDATE deployments SET boot_id = 'another-boot' WHERE id = ?", (dep.id,))
+    out = asyncio.run(switcher.run(switcher.resumed(app, store.unfinished_deployments()[0])))
+    assert (out.outcome, out.serving) == ("rolled-back", "1.0.0")
+    assert out.reason == "the host rebooted during step probation; back on the last good release"
