@@ -52,6 +52,13 @@ def show(unit: str, *props: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
+def current_version(args) -> str:
+    if args.mode == "switch":
+        out = subprocess.run(["bloomctl", "status", args.app, "--json"], capture_output=True, text=True).stdout
+        return json.loads(out)["current"]
+    return Path(os.readlink(Path(args.plain_root) / "current")).name
+
+
 def deploy_switch(args, version: str) -> dict:
     cmd = ["bloomctl", "switch", args.app, version, "--json"]
     t0 = time.time()
@@ -106,12 +113,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mode", choices=("switch", "restart"), required=True)
     ap.add_argument("--url", required=True)
-    ap.add_argument("--versions", required=True, help="comma-separated; the first is running now")
+    ap.add_argument("--versions", required=True, help="comma-separated; deploys cycle through them")
     ap.add_argument("--count", type=int, default=20)
     ap.add_argument("--pause", type=float, default=2.0)
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--timeout", default="5s", help="wrk --timeout")
+    ap.add_argument("--no-load", action="store_true", help="no wrk: deploys on an idle machine")
     ap.add_argument("--log-dir", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--app", default="web")
@@ -120,6 +128,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     versions = args.versions.split(",")
+    first = versions.index(current_version(args))
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     for old in log_dir.glob("*"):
@@ -130,17 +139,21 @@ def main(argv=None) -> int:
     wrk_cmd = ["wrk", "-t", str(args.connections), "-c", str(args.connections), "-d", "3600s",
                "--timeout", args.timeout, "-s", str(HERE / "reqlog.lua"), args.url]
     wrk_out = open(log_dir / "wrk.out", "w")
-    wrk = subprocess.Popen(wrk_cmd, stdout=wrk_out, stderr=subprocess.STDOUT, env=env)
+    if args.no_load:
+        wrk = subprocess.Popen(["true"])
+    else:
+        wrk = subprocess.Popen(wrk_cmd, stdout=wrk_out, stderr=subprocess.STDOUT, env=env)
     events = []
+    loadavg0 = Path("/proc/loadavg").read_text().split()[:3]
     try:
         time.sleep(args.warmup)
-        if wrk.poll() is not None:
+        if wrk.poll() is not None and not args.no_load:
             raise SystemExit(f"wrk exited early:\n{(log_dir / 'wrk.out').read_text()}")
         cpu0 = cpu_ticks()
         measure_start = time.time()
         for i in range(args.count):
             time.sleep(args.pause)
-            version = versions[(i + 1) % len(versions)]
+            version = versions[(first + i + 1) % len(versions)]
             event = deploy(args, version)
             event.update(n=i + 1, version=version, served=served_version(args.url))
             events.append(event)
@@ -164,6 +177,8 @@ def main(argv=None) -> int:
     summary_file = log_dir / "summary.json"
     report = {
         "mode": args.mode,
+        "load": not args.no_load,
+        "loadavg": [loadavg0, Path("/proc/loadavg").read_text().split()[:3]],
         "wrk_command": wrk_cmd,
         "wrk_rc": wrk.returncode,
         "wrk_summary": json.loads(summary_file.read_text()) if summary_file.exists() else None,

@@ -135,3 +135,21 @@ class _sigterm_as_interrupt:
     def __exit__(self, *exc):
         if self.previous is not None:
             signal.signal(signal.SIGTERM, self.previous)
+
+
+# What the agent saw, attached to every failed test: the journal is the first thing anyone asks for.
+DIAGNOSTICS = ("bloomctl status; echo; systemctl list-units --no-pager --plain 'bloom-agent*' '*@*.service' '*.socket'; "
+               "echo; journalctl --no-pager -o short-monotonic -n 80 -u bloom-agent -u 'web*' -u 'api*'")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    m = item.funcargs.get("machine") if hasattr(item, "funcargs") else None
+    if report.failed and report.when == "call" and m is not None:
+        try:
+            out = m.host.run(DIAGNOSTICS)
+            report.sections.append(("machine: agent status and journal", out.stdout + out.stderr))
+        except Exception as exc:  # the machine may be what broke
+            report.sections.append(("machine: agent status and journal", f"unavailable: {exc!r}"))

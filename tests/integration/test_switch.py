@@ -201,7 +201,7 @@ def test_bad_install_input_is_refused_and_changes_nothing(app, args, message):
 
 def test_unknown_app_and_bad_app_file(app):
     out = app.bloomctl("switch nosuch 1.0.0")
-    assert out.rc == 1 and "unknown app 'nosuch' (configured: web)" in out.stderr
+    assert out.rc == 1 and "unknown app 'nosuch' (configured: " in out.stderr
     app.host.check_output("printf 'listen = [\"127.0.0.1:9\"]\\nexec = \"x\"\\nprobation = 3\\n' > /etc/bloom/apps/broken.toml")
     try:
         out = app.bloomctl("reload")
