@@ -117,6 +117,19 @@ def _check_link_target(member: tarfile.TarInfo, rel: PurePosixPath) -> None:
             raise InstallError(f"link {member.name!r} points outside the release: {member.linkname!r}")
 
 
+def _no_symlink_on_the_way(dest: Path, rel: PurePosixPath, name: str) -> None:
+    """Refuse a member whose path goes through, or lands on, a link the archive made earlier.
+
+    Each link target is checked on its own, so a chain of links (``a -> .`` then ``a/a/c -> ../..``)
+    could otherwise lead a later member out of the release: nothing is ever written through a link.
+    """
+    path = dest
+    for part in rel.parts:
+        path = path / part
+        if path.is_symlink():
+            raise InstallError(f"archive member {name!r} is written through the link {str(path.relative_to(dest))!r}")
+
+
 def unpack(tarball: Path, dest: Path, max_bytes: int) -> int:
     """Unpack into the empty directory ``dest``; return the total size of regular files."""
     total = 0
@@ -126,6 +139,7 @@ def unpack(tarball: Path, dest: Path, max_bytes: int) -> int:
             with archive:
                 for member in archive:
                     rel = _safe_relpath(member.name)
+                    _no_symlink_on_the_way(dest, rel, member.name)
                     target = dest / rel
                     if member.mode & (stat.S_ISUID | stat.S_ISGID):
                         raise InstallError(f"archive member {member.name!r} has a setuid or setgid bit")
@@ -150,8 +164,10 @@ def unpack(tarball: Path, dest: Path, max_bytes: int) -> int:
                         os.symlink(member.linkname, target)
                     elif member.islnk():
                         _check_link_target(member, rel)
-                        link_source = dest / _safe_relpath(member.linkname)
-                        if not link_source.is_file() or link_source.is_symlink():
+                        source_rel = _safe_relpath(member.linkname)
+                        _no_symlink_on_the_way(dest, source_rel, member.name)
+                        link_source = dest / source_rel
+                        if not link_source.is_file():
                             raise InstallError(f"hard link {member.name!r} does not point to a file earlier in the archive")
                         os.link(link_source, target)
                     else:

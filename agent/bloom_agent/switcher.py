@@ -218,6 +218,12 @@ class Switcher:
         trip = await monitors.probation(watching, dep.app.probation_sec, dep.abort)
         if dep.abort.is_set():
             return self._fail(dep, dep.abort_reason or "rollback requested")
+        if trip and self.systemd.host_stopping():
+            # The host is going down and takes NEW with it: no verdict. Stay in probation until the
+            # agent is stopped too; after the reboot the boot-id rule brings back the last good release.
+            log.warning("%s: host shutting down during probation of %s (%s); leaving it to the next boot",
+                        dep.app.name, dep.new, trip)
+            await asyncio.Event().wait()
         if trip:
             return self._fail(dep, f"probation: {trip}")
         return OK

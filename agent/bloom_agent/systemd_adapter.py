@@ -57,6 +57,7 @@ class Systemd(Protocol):
     def status(self, unit: str) -> UnitStatus: ...
     def instances(self, pattern: str) -> list[UnitStatus]: ...
     def unit_metrics(self, unit: str) -> dict[str, int | None]: ...
+    def host_stopping(self) -> bool: ...
     async def wait_for_change(self, unit: str, timeout: float) -> bool: ...
 
 
@@ -82,6 +83,9 @@ class NoSystemd:
 
     def instances(self, pattern: str) -> list[UnitStatus]:
         return []
+
+    def host_stopping(self) -> bool:
+        return False
 
 
 def connect() -> "PystemdSystemd | NoSystemd":
@@ -191,6 +195,13 @@ class PystemdSystemd:
             main_pid=int(u.Service.MainPID) if is_service else 0,
             exec_main_status=int(u.Service.ExecMainStatus) if is_service else 0,
         )
+
+    def host_stopping(self) -> bool:
+        """Is the host shutting down? Then units stop because of it, not because they fail."""
+        try:
+            return _text(self._manager.Manager.SystemState) == "stopping"
+        except Exception:  # the bus going away is itself a sign of shutdown
+            return True
 
     def unit_metrics(self, unit: str) -> dict[str, int | None]:
         """The unit's cgroup memory and task count; None where accounting is off (systemd says 2^64-1)."""

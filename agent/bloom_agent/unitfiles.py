@@ -21,7 +21,10 @@ from .apps import AppConfig
 _HERE = Path(__file__).resolve().parent
 # Installed by the package; the source tree's copy serves tests and development.
 TEMPLATE_DIRS = [Path("/usr/share/bloom-agent/templates"), _HERE.parent.parent / "units" / "templates"]
-DROPIN_NAME = "50-bloom-release.conf"
+# Different names on purpose: a drop-in in /etc hides one of the same name in /run, whereas
+# different names are all read, in file-name order, the later Service= winning.
+BLESSED_DROPIN = "50-bloom-release.conf"
+TRIAL_DROPIN = "60-bloom-trial.conf"
 
 
 @dataclass(frozen=True)
@@ -130,8 +133,9 @@ class UnitWriter:
         return changed
 
     def dropin(self, app: AppConfig, layer: str) -> Path:
-        base = self.paths.etc if layer == "etc" else self.paths.run
-        return base / f"{app.socket_unit}.d" / DROPIN_NAME
+        if layer == "etc":
+            return self.paths.etc / f"{app.socket_unit}.d" / BLESSED_DROPIN
+        return self.paths.run / f"{app.socket_unit}.d" / TRIAL_DROPIN
 
     def point_socket(self, app: AppConfig, instance: str, *, trial: bool) -> bool:
         """Trial: only the /run layer names the new release. Blessed: /etc names it, /run is cleared."""
@@ -142,7 +146,7 @@ class UnitWriter:
         return remove_if_present(self.dropin(app, "run")) or changed
 
     def pointed_instance(self, app: AppConfig) -> str | None:
-        """What the socket activates now: the /run layer wins over /etc (it sorts after it)."""
+        """What the socket activates now: the trial layer wins over the blessed one (it sorts after it)."""
         for layer in ("run", "etc"):
             try:
                 text = self.dropin(app, layer).read_text()

@@ -78,7 +78,7 @@ def test_first_deploy(app):
     assert (status["current"], status["state"], status["running"]) == ("1.0.0", "serving", ["web@1.0.0.service"])
     assert app.host.service("web.socket").is_enabled
     assert app.host.file("/etc/systemd/system/web.socket.d/50-bloom-release.conf").contains("Service=web@1.0.0.service")
-    assert not app.host.file("/run/systemd/system/web.socket.d/50-bloom-release.conf").exists
+    assert not app.host.file("/run/systemd/system/web.socket.d/60-bloom-trial.conf").exists
 
 
 def test_switch_under_load_loses_no_request(app):
@@ -95,6 +95,10 @@ def test_switch_under_load_loses_no_request(app):
     assert app.running() == ["web@1.1.0.service"]
     assert app.releases()["1.1.0"]["status"] == "current"
     assert app.releases()["1.0.0"]["status"] == "previous"
+    # The socket activates the new release, now and after any later daemon-reload.
+    assert show(app.host, "web.socket", "Triggers")["Triggers"] == "web@1.1.0.service"
+    app.host.check_output("systemctl daemon-reload")
+    assert show(app.host, "web.socket", "Triggers")["Triggers"] == "web@1.1.0.service"
 
 
 def test_crash_during_probation_rolls_back_with_exit_3(app):

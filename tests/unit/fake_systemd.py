@@ -66,6 +66,11 @@ class FakeSystemd:
 
     metrics: dict[str, dict[str, int | None]] = field(default_factory=dict)
 
+    stopping: bool = False
+
+    def host_stopping(self) -> bool:
+        return self.stopping
+
     def unit_metrics(self, unit: str) -> dict[str, int | None]:
         return self.metrics.get(unit, {"memory": 10_000_000, "tasks": 3})
 

@@ -74,6 +74,14 @@ def test_build_metadata_version_gets_an_instance_name(app, tmp_path):
     ([("bin/other", b"x", tarfile.REGTYPE, 0o755, "")], "the release has no 'bin/server'"),
     ([("bin/server", b"x", tarfile.REGTYPE, 0o644, "")], "is not an executable file"),
     ([("bin/server", b"", tarfile.SYMTYPE, 0o777, "../../../bin/sh")], "points outside the release"),
+    # A chain of links, each harmless on its own, must not lead a later member out of the release.
+    ([("a", b"", tarfile.SYMTYPE, 0o777, "."), ("a/a/c", b"", tarfile.SYMTYPE, 0o777, "../.."),
+      ("c/escaped", b"x", tarfile.REGTYPE, 0o644, "")], "is written through the link 'a'"),
+    ([("d", b"", tarfile.SYMTYPE, 0o777, "sub"), ("sub", b"", tarfile.DIRTYPE, 0o755, ""),
+      ("d/f", b"x", tarfile.REGTYPE, 0o644, "")], "is written through the link 'd'"),
+    ([("l", b"", tarfile.SYMTYPE, 0o777, "x"), ("l", b"", tarfile.DIRTYPE, 0o755, "")], "is written through the link 'l'"),
+    ([("f", b"x", tarfile.REGTYPE, 0o644, ""), ("l", b"", tarfile.SYMTYPE, 0o777, "f"),
+      ("h", b"", tarfile.LNKTYPE, 0o644, "l")], "is written through the link 'l'"),
 ])
 def test_unsafe_or_incomplete_archives_leave_nothing(app, tmp_path, members, message):
     tarball = make_tar(tmp_path / "t.tar.gz", members)

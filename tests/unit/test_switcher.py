@@ -212,3 +212,26 @@ def test_resume_after_a_reboot_during_probation_goes_back(env):
     out = asyncio.run(switcher.run(switcher.resumed(app, store.unfinished_deployments()[0])))
     assert (out.outcome, out.serving) == ("rolled-back", "1.0.0")
     assert out.reason == "the host rebooted during step probation; back on the last good release"
+
+
+def test_host_shutdown_during_probation_is_no_verdict(env):
+    app, store, units, systemd, switcher = env
+    deploy(env, "1.0.0")
+    slow = app.__class__(**{**app.__dict__, "probation_sec": 30})
+    dep = switcher.begin(slow, "switch", "2.0.0", "root")
+
+    async def run():
+        async def shutdown():
+            await asyncio.sleep(0.1)
+            systemd.stopping = True
+            await systemd.stop("web@2.0.0.service")  # the host stops it
+        s = asyncio.ensure_future(shutdown())
+        task = asyncio.ensure_future(switcher.run(dep))
+        await asyncio.sleep(0.5)
+        assert not task.done(), "no rollback started while the host goes down"
+        task.cancel()  # what stopping the agent does
+        await s
+
+    asyncio.run(run())
+    assert store.unfinished_deployments()[0]["step"] == "probation"
+    assert not systemd.started("web@1.0.0.service") or systemd.calls.count(("start", "web@1.0.0.service")) == 1
