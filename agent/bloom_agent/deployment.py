@@ -41,11 +41,15 @@ TRANSITIONS: dict[tuple[Step, str], Step] = {
     (Step.CHECKING, FAIL): Step.REVERTING,
     (Step.POINTING, OK): Step.STOPPING_OLD,
     (Step.POINTING, FAIL): Step.REVERTING,
-    # systemd kills whatever has not drained by TimeoutStopSec: stopping cannot fail to stop.
     (Step.STOPPING_OLD, OK): Step.PROBATION,
+    # systemd kills what has not drained by TimeoutStopSec, so this fails only if systemd is unreachable:
+    # NEW may be serving alone already, so the way back is the reverse swap.
+    (Step.STOPPING_OLD, FAIL): Step.ROLLING_BACK,
     (Step.PROBATION, OK): Step.BLESSING,
     (Step.PROBATION, FAIL): Step.ROLLING_BACK,
     (Step.BLESSING, OK): Step.DONE,
+    # NEW serves and passed probation, but could not be made permanent: an operator must look.
+    (Step.BLESSING, FAIL): Step.DEGRADED,
     (Step.REVERTING, OK): Step.FAILED,
     (Step.REVERTING, FAIL): Step.DEGRADED,
     (Step.ROLLING_BACK, OK): Step.ROLLED_BACK,

@@ -281,5 +281,6 @@ class Switcher:
     async def _retire_socket(self, app: AppConfig) -> None:
         """No release left to serve: refuse connections rather than queue them for nobody."""
         await self.systemd.stop(app.socket_unit)
+        self.systemd.disable(app.socket_unit)
         self.units.clear_socket_pointer(app)
         self.systemd.daemon_reload()

@@ -54,6 +54,7 @@ class Systemd(Protocol):
     async def stop(self, unit: str) -> str: ...
     def daemon_reload(self) -> None: ...
     def enable(self, unit: str) -> None: ...
+    def disable(self, unit: str) -> None: ...
     def status(self, unit: str) -> UnitStatus: ...
     def instances(self, pattern: str) -> list[UnitStatus]: ...
     def unit_metrics(self, unit: str) -> dict[str, int | None]: ...
@@ -79,7 +80,7 @@ class NoSystemd:
         raise SystemdUnavailable(f"systemd is not reachable over D-Bus ({self.why})",
                                  hint="app operations need the agent running under systemd")
 
-    start = stop = daemon_reload = enable = status = wait_for_change = unit_metrics = _refuse
+    start = stop = daemon_reload = enable = disable = status = wait_for_change = unit_metrics = _refuse
 
     def instances(self, pattern: str) -> list[UnitStatus]:
         return []
@@ -172,6 +173,10 @@ class PystemdSystemd:
 
     def enable(self, unit: str) -> None:
         self._manager.Manager.EnableUnitFiles([unit.encode()], False, True)
+        self._kick()
+
+    def disable(self, unit: str) -> None:
+        self._manager.Manager.DisableUnitFiles([unit.encode()], False)
         self._kick()
 
     def _unit(self, unit: str):

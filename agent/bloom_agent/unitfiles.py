@@ -40,7 +40,7 @@ def _environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
-    env.globals.update(seconds=_seconds, quote=_quote)
+    env.globals.update(seconds=_seconds, quote=_quote, quote_env=_quote_env)
     return env
 
 
@@ -55,6 +55,12 @@ def _escape(word: str) -> str:
 
 def _quote(word: str) -> str:
     return f'"{_escape(word)}"'
+
+
+def _quote_env(assignment: str) -> str:
+    """Environment= expands % specifiers but not $VARIABLES: only % is doubled."""
+    escaped = assignment.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{escaped}"'
 
 
 def exec_start(app: AppConfig) -> str:

@@ -59,6 +59,9 @@ class FakeSystemd:
     def enable(self, unit: str) -> None:
         self.calls.append(("enable", unit))
 
+    def disable(self, unit: str) -> None:
+        self.calls.append(("disable", unit))
+
     def status(self, unit: str) -> UnitStatus:
         u = self.unit(unit)
         return UnitStatus(unit, "loaded", u.active_state, u.sub_state, u.result, u.n_restarts, u.main_pid,

@@ -73,7 +73,7 @@ def test_rendered_units(tmp_path):
     assert 'ExecStart="/var/lib/bloom/releases/web/%i/bin/server" "--flag"\n' in service
     assert "WorkingDirectory=/var/lib/bloom/releases/web/%i\n" in service
     assert "WatchdogSec=2500ms\n" in service
-    assert 'Environment="GREETING=50%% off $$today"\n' in service
+    assert 'Environment="GREETING=50%% off $today"\n' in service
     assert "User=www-data\n" in service and "DynamicUser" not in service
     assert "ProtectSystem=strict\n" in service
 

@@ -48,9 +48,15 @@ def test_every_terminal_step_is_reachable():
     assert TERMINAL <= set(TRANSITIONS.values())
 
 
-def test_stopping_old_cannot_fail():
+def test_no_transition_out_of_a_terminal_step():
     with pytest.raises(InvalidTransition):
-        next_step(Step.STOPPING_OLD, FAIL)
+        next_step(Step.DONE, FAIL)
+
+
+def test_every_step_that_does_io_can_fail():
+    for step in Step:
+        if step not in TERMINAL:
+            assert (step, FAIL) in TRANSITIONS, step
 
 
 def test_resume_before_old_stopped_goes_back_to_old():
