@@ -81,10 +81,17 @@ class AppManager:
         changed = False
         for app in apps.values():
             if app.name in self._holders and self.apps.get(app.name) != app:
-                log.warning("%s: app file changed during an operation; it applies to the next one", app.name)
+                log.warning("%s: app file changed during an operation; run 'bloomctl reload' again once it "
+                            "has finished", app.name)
                 apps[app.name] = self.apps[app.name]
                 continue
-            changed |= self.units.write_app_units(app)
+            socket_changed, service_changed = self.units.write_app_units(app)
+            changed |= socket_changed or service_changed
+            if socket_changed and self.store.app_state(app.name)["current"] is not None:
+                # Never done by the agent: restarting the socket closes the listening sockets, a
+                # moment in which connections are refused. The operator picks that moment.
+                log.warning("%s: listening addresses changed; they apply once you run "
+                            "'systemctl restart %s' (connections are refused for a moment)", app.name, app.socket_unit)
         if changed:
             self.systemd.daemon_reload()
         self.apps, self.app_errors = apps, errors
@@ -168,7 +175,9 @@ class AppManager:
         if version == state["current"]:
             return "it is the current release"
         if version == state["last_good"]:
-            return "it is the last good release, the one a rollback goes to"
+            return "it is the last good release"
+        if version == self._previous_good(app.name):
+            return "it is the release 'bloomctl rollback' goes to"
         if self.systemd.status(app.instance_unit(versions.instance(version))).running:
             return "it is running"
         return ""
@@ -243,6 +252,9 @@ class AppManager:
         if holder is not None and holder.deployment is not None and holder.deployment.step is Step.PROBATION:
             # Fast path: abort the probation in progress; its own rollback does the reverse swap.
             dep = holder.deployment
+            if to is not None and to != dep.old:
+                raise Busy(holder.describe(name), hint=f"during probation a rollback goes back to {dep.old}; "
+                                                       f"run 'bloomctl rollback {name}' without --to")
             dep.abort_reason = f"rollback requested by {caller.user}"
             dep.abort.set()
             if wait and holder.task is not None:
@@ -328,9 +340,9 @@ class AppManager:
             if app is None:
                 self.store.finish_deployment(row["id"], row["step"], "abandoned", "app no longer configured")
                 continue
-            if row["action"] == "install":
-                releases.remove_staging_leftovers(app)
-                self.store.finish_deployment(row["id"], "failed", "failed", "the agent restarted during the install")
+            if row["action"] not in ("switch", "rollback"):
+                # install, remove, reconcile: nothing to resume; their leftovers are swept by _settle.
+                self.store.finish_deployment(row["id"], "failed", "failed", f"the agent restarted during the {row['action']}")
                 continue
             dep = self.switcher.resumed(app, row)
             holder = self._acquire(app.name, f"{dep.action} to {dep.new} (resumed)", "bloom-agent")
@@ -372,14 +384,14 @@ ROLLBACK_FAILED_MESSAGE_ID = "4b8a0c3e9d2f4e6b9a71c5d0e2f3a8b1"
 def _log_rollback_failure(outcome: Outcome) -> None:
     message = (f"{outcome.app}: rollback failed, app degraded: {outcome.reason} "
                f"(switch {outcome.from_version} -> {outcome.version}; serving {outcome.serving})")
-    log.critical(message)
-    try:
-        from systemd import journal
+    if not os.environ.get("JOURNAL_STREAM"):
+        log.critical(message)  # run by hand: stderr is all there is
+        return
+    # Straight to the journal, once, with fields an alert can match whatever the wording.
+    from systemd import journal
 
-        journal.send(message, PRIORITY=journal.LOG_CRIT, MESSAGE_ID=ROLLBACK_FAILED_MESSAGE_ID,
-                     SYSLOG_IDENTIFIER="bloom-agent", BLOOM_APP=outcome.app, BLOOM_VERSION=outcome.version)
-    except Exception:
-        log.exception("could not write the rollback failure to the journal")
+    journal.send(message, PRIORITY=journal.LOG_CRIT, MESSAGE_ID=ROLLBACK_FAILED_MESSAGE_ID,
+                 SYSLOG_IDENTIFIER="bloom-agent", BLOOM_APP=outcome.app, BLOOM_VERSION=outcome.version)
 
 
 def _good_order(store: StateStore, name: str):
@@ -403,5 +415,5 @@ def _check_caller_may_read(path: Path, caller: Caller) -> None:
         allowed = st.st_mode & stat.S_IRGRP
     else:
         allowed = st.st_mode & stat.S_IROTH
-    if not allowed or not os.access(path.parent, os.X_OK):
+    if not allowed:
         raise releases.InstallError(f"{path}: you ({caller.user}) cannot read it, so the agent will not either")

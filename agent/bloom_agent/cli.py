@@ -18,8 +18,8 @@ class Context:
     def __init__(self, socket_path: Path) -> None:
         self.socket_path = socket_path
 
-    def call(self, command: str, args: dict[str, Any] | None = None) -> Any:
-        return client.call(command, args, socket_path=self.socket_path)
+    def call(self, command: str, args: dict[str, Any] | None = None, timeout: float | None = 60.0) -> Any:
+        return client.call(command, args, socket_path=self.socket_path, timeout=timeout)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -100,7 +100,9 @@ sha256_option = click.option("--sha256", help="Expected SHA-256 (default: from T
 @click.pass_obj
 def install(obj: Context, app: str, tarball: Path, version: str | None, sha256: str | None, as_json: bool) -> None:
     """Validate and unpack a release of APP from TARBALL."""
-    result = obj.call("install", {"app": app, "tarball": str(tarball.resolve()), "version": version, "sha256": sha256})
+    # Unpacking a large release takes as long as it takes: no client-side time limit.
+    result = obj.call("install", {"app": app, "tarball": str(tarball.resolve()), "version": version, "sha256": sha256},
+                      timeout=None)
     if as_json:
         _print_json(result)
     else:
@@ -197,7 +199,7 @@ def history(obj: Context, app: str, limit: int, as_json: bool) -> None:
 @click.pass_obj
 def health(obj: Context, app: str, as_json: bool) -> None:
     """Run APP's health checks once against its current release; exit 1 if any fails."""
-    result = obj.call("health", {"app": app})
+    result = obj.call("health", {"app": app}, timeout=None)
     if as_json:
         _print_json(result)
     else:
@@ -235,7 +237,12 @@ class SwitchFailed(BloomError):
     """The switch finished, but not on the new release: exit 3 (previous restored) or 4 (restore failed)."""
 
     def __init__(self, result: dict) -> None:
-        what = "the previous release was restored" if result["exit_code"] == 3 else "CRITICAL: the way back failed too"
+        if result["exit_code"] != 3:
+            what = "CRITICAL: the way back failed too"
+        elif result.get("from_version"):
+            what = "the previous release was restored"
+        else:
+            what = "there was no earlier release; the app is not serving"
         super().__init__(f"{result['app']} {result['version']}: {result['outcome']}: {result['reason']}; {what}")
         self.exit_code = result["exit_code"]
 

@@ -20,6 +20,7 @@ from .errors import ConfigError
 from .schema import Field, check_choice, check_positive, parse_table
 
 ENTRY_POINT_GROUP = "bloom_agent.health_checks"
+MAX_RESPONSE_BYTES = 256 * 1024
 KINDS = ("http", "tcp", "command", "memory", "tasks", "python")
 
 
@@ -138,7 +139,9 @@ async def _http(spec: CheckSpec, target: Target) -> tuple[bool, str]:
         writer.write(f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\nConnection: close\r\n"
                      f"User-Agent: bloom-agent-health\r\n\r\n".encode())
         await writer.drain()
-        response = await reader.read(65536)
+        response = await reader.read(MAX_RESPONSE_BYTES)  # up to EOF (Connection: close) or the cap
+        while len(response) < MAX_RESPONSE_BYTES and (more := await reader.read(MAX_RESPONSE_BYTES - len(response))):
+            response += more
     finally:
         writer.close()
     elapsed_ms = (time.monotonic() - began) * 1000
@@ -206,9 +209,12 @@ async def _python(spec: CheckSpec, target: Target) -> tuple[bool, str]:
     if not found:
         return False, f"no entry point {spec.entry_point!r} in group {ENTRY_POINT_GROUP}"
     check = found[0].load()
-    result = check(target)
-    if asyncio.iscoroutine(result):
-        result = await result
+    if asyncio.iscoroutinefunction(check):
+        result = await check(target)
+    else:
+        # A thread keeps a blocking check from stalling the agent's loop (and its watchdog); on timeout
+        # the thread is abandoned, which Python cannot prevent, but the agent carries on.
+        result = await asyncio.to_thread(check, target)
     if isinstance(result, tuple):
         return bool(result[0]), str(result[1])
     return bool(result), "ok" if result else "check returned false"

@@ -238,19 +238,21 @@ class Switcher:
 
     async def _reverting(self, dep: Deployment) -> str:
         app = dep.app
-        await self.systemd.stop(dep.new_unit)
         self.store.set_release_status(app.name, dep.new, "failed", dep.reason)
-        self.store.set_app_state(app.name, current=dep.old)
         if dep.old is None:
+            await self.systemd.stop(dep.new_unit)
+            self.store.set_app_state(app.name, current=None)
             await self._retire_socket(app)
             return OK
+        # OLD should never have stopped. If it has and cannot come back, NEW (whatever its state)
+        # stays: something that may serve beats nothing that will.
+        if not self.systemd.status(dep.old_unit).active and await self.systemd.start(dep.old_unit) != "done":
+            return self._degrade(dep, f"{dep.old} is not running either "
+                                      f"({self.systemd.status(dep.old_unit).describe()}); {dep.new} left running")
+        await self.systemd.stop(dep.new_unit)
+        self.store.set_app_state(app.name, current=dep.old)
         if self.units.point_socket(app, versions.instance(dep.old), trial=False):
             self._reload(dep)
-        status = self.systemd.status(dep.old_unit)
-        if not status.active:
-            # OLD should never have stopped; bring it back rather than leave nothing serving.
-            if await self.systemd.start(dep.old_unit) != "done":
-                return self._degrade(dep, f"{dep.old} is not running either: {self.systemd.status(dep.old_unit).describe()}")
         return OK
 
     async def _rolling_back(self, dep: Deployment) -> str:

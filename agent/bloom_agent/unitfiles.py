@@ -133,10 +133,10 @@ class UnitWriter:
     def __init__(self, paths: UnitPaths | None = None) -> None:
         self.paths = paths or UnitPaths()
 
-    def write_app_units(self, app: AppConfig) -> bool:
-        changed = write_if_changed(self.paths.etc / app.socket_unit, render_socket(app))
-        changed |= write_if_changed(self.paths.etc / app.template_unit, render_service(app))
-        return changed
+    def write_app_units(self, app: AppConfig) -> tuple[bool, bool]:
+        """Write both units; returns (socket changed, service template changed)."""
+        socket_changed = write_if_changed(self.paths.etc / app.socket_unit, render_socket(app))
+        return socket_changed, write_if_changed(self.paths.etc / app.template_unit, render_service(app))
 
     def dropin(self, app: AppConfig, layer: str) -> Path:
         if layer == "etc":

@@ -94,4 +94,4 @@ def test_socket_pointer_layers(tmp_path):
     assert not writer.point_socket(app, "2.0.0", trial=True), "unchanged content is not rewritten"
     writer.dropin(app, "run").unlink()  # what a reboot does to /run
     assert writer.pointed_instance(app) == "1.0.0"
-    assert writer.write_app_units(app) is True and writer.write_app_units(app) is False
+    assert writer.write_app_units(app) == (True, True) and writer.write_app_units(app) == (False, False)
