@@ -73,7 +73,7 @@ class AppManager:
 
     # -- app definitions ----------------------------------------------------------------------
 
-    def load(self) -> list[str]:
+    async def load(self) -> list[str]:
         """(Re)read the app files and write their units; one daemon-reload if anything changed."""
         apps, errors = load_apps(self.apps_dir, self.releases_root)
         for path, err in errors.items():
@@ -93,7 +93,7 @@ class AppManager:
                 log.warning("%s: listening addresses changed; they apply once you run "
                             "'systemctl restart %s' (connections are refused for a moment)", app.name, app.socket_unit)
         if changed:
-            self.systemd.daemon_reload()
+            await self.systemd.daemon_reload()
         self.apps, self.app_errors = apps, errors
         return sorted(apps)
 

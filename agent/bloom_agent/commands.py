@@ -64,7 +64,7 @@ async def status(agent: "Agent", caller: Caller, args: dict[str, Any], progress:
 
 async def reload(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
     Args("reload", args, set())
-    ok = agent.reload_config()
+    ok = await agent.reload_config()
     return {"config_reloaded": ok, "apps": sorted(agent.apps.apps), "app_errors": agent.apps.app_errors}
 
 

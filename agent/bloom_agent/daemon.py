@@ -66,7 +66,7 @@ class Agent:
             loop.add_signal_handler(sig, self._signals.put_nowait, sig)
         self.apps = AppManager(self.config.apps_dir, self.config.releases_dir, self.store,
                                systemd_adapter.connect(), UnitWriter())
-        self.apps.load()
+        await self.apps.load()
         await self.control.start()
         self.store.record_agent_event("start", __version__)
         self._set_state("idle")
@@ -82,20 +82,22 @@ class Agent:
                 sig = None
             self.notifier.watchdog()
             if sig is not None:
-                self.handle_signal(sig)
+                await self.handle_signal(sig)
         return await self._shutdown()
 
-    def handle_signal(self, sig: int) -> None:
-        handler = {signal.SIGHUP: self.handle_hup, signal.SIGTERM: self.handle_term, signal.SIGINT: self.handle_term}
-        handler[sig]()
+    async def handle_signal(self, sig: int) -> None:
+        if sig == signal.SIGHUP:
+            await self.handle_hup()
+        else:
+            self.handle_term()
 
     def handle_term(self) -> None:
         log.info("stopping on request")
         self._stopping = True
 
-    def handle_hup(self) -> None:
+    async def handle_hup(self) -> None:
         self.notifier.reloading()
-        self.reload_config()
+        await self.reload_config()
         self.notifier.ready(self._status_line())
 
     async def _reconcile(self) -> None:
@@ -126,7 +128,7 @@ class Agent:
 
     # -- configuration ----------------------------------------------------------------------
 
-    def reload_config(self) -> bool:
+    async def reload_config(self) -> bool:
         try:
             new = config_mod.load(self.config.path)
         except ConfigError as err:
@@ -140,7 +142,7 @@ class Agent:
         logs.set_level(new.log_level)
         self.config_loaded_at = utcnow()
         if self.apps is not None:
-            self.apps.load()
+            await self.apps.load()
         self.store.record_agent_event("reload", __version__)
         log.info("configuration reloaded from %s", new.path)
         return True

@@ -14,8 +14,8 @@ from enum import Enum
 class Step(str, Enum):
     STARTING = "starting"            # start APP@NEW beside OLD, wait for READY
     CHECKING = "checking"            # pre-switch checks on NEW
-    POINTING = "pointing"            # the socket's Service= names NEW (trial layer), daemon-reload
     STOPPING_OLD = "stopping-old"    # SIGTERM to OLD, which drains; NEW now serves alone
+    POINTING = "pointing"            # the socket's Service= names NEW (trial layer), daemon-reload
     PROBATION = "probation"          # watch NEW for probation_sec
     BLESSING = "blessing"            # NEW becomes the release a reboot comes back to
     REVERTING = "reverting"          # before OLD stopped: stop NEW, socket back to OLD
@@ -37,14 +37,16 @@ TERMINAL = frozenset({Step.DONE, Step.FAILED, Step.ROLLED_BACK, Step.DEGRADED})
 TRANSITIONS: dict[tuple[Step, str], Step] = {
     (Step.STARTING, OK): Step.CHECKING,
     (Step.STARTING, FAIL): Step.REVERTING,
-    (Step.CHECKING, OK): Step.POINTING,
+    (Step.CHECKING, OK): Step.STOPPING_OLD,
     (Step.CHECKING, FAIL): Step.REVERTING,
-    (Step.POINTING, OK): Step.STOPPING_OLD,
-    (Step.POINTING, FAIL): Step.REVERTING,
-    (Step.STOPPING_OLD, OK): Step.PROBATION,
     # systemd kills what has not drained by TimeoutStopSec, so this fails only if systemd is unreachable:
     # NEW may be serving alone already, so the way back is the reverse swap.
+    (Step.STOPPING_OLD, OK): Step.POINTING,
     (Step.STOPPING_OLD, FAIL): Step.ROLLING_BACK,
+    # The pointer (and its daemon-reload) comes after requests have moved, never on the path that
+    # decides when they move: systemd reads Service= only when no release runs, and NEW runs.
+    (Step.POINTING, OK): Step.PROBATION,
+    (Step.POINTING, FAIL): Step.ROLLING_BACK,
     (Step.PROBATION, OK): Step.BLESSING,
     (Step.PROBATION, FAIL): Step.ROLLING_BACK,
     (Step.BLESSING, OK): Step.DONE,
@@ -61,8 +63,8 @@ TRANSITIONS: dict[tuple[Step, str], Step] = {
 RESUME_AFTER_RESTART: dict[Step, Step] = {
     Step.STARTING: Step.REVERTING,
     Step.CHECKING: Step.REVERTING,
-    Step.POINTING: Step.REVERTING,
     Step.STOPPING_OLD: Step.STOPPING_OLD,
+    Step.POINTING: Step.POINTING,
     Step.PROBATION: Step.PROBATION,
     Step.BLESSING: Step.BLESSING,
     Step.REVERTING: Step.REVERTING,
@@ -91,7 +93,6 @@ def next_step(step: Step, result: str) -> Step:
 
 def serving_version(step: Step, old: str | None, new: str) -> str | None:
     """Which release is meant to serve once a deployment in ``step`` settles."""
-    if step in (Step.STARTING, Step.CHECKING, Step.POINTING, Step.REVERTING, Step.FAILED,
-                Step.ROLLING_BACK, Step.ROLLED_BACK):
+    if step in (Step.STARTING, Step.CHECKING, Step.REVERTING, Step.FAILED, Step.ROLLING_BACK, Step.ROLLED_BACK):
         return old
     return new

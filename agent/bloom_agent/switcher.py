@@ -97,7 +97,8 @@ class Switcher:
                          caller=row["caller"])
         step = Step(row["step"])
         dep.reason = row["reason"]  # a failure learned before the restart still explains the outcome
-        if row["boot_id"] and row["boot_id"] != boot_id() and step in (Step.STOPPING_OLD, Step.PROBATION):
+        if row["boot_id"] and row["boot_id"] != boot_id() and step in (Step.STOPPING_OLD, Step.POINTING,
+                                                                        Step.PROBATION):
             # Not blessed when the host went down: like an Erlang release never made permanent, go back.
             dep.step = Step.ROLLING_BACK
             dep.reason = f"the host rebooted during step {step}; back on the last good release"
@@ -140,9 +141,9 @@ class Switcher:
 
     # -- steps: each returns OK or FAIL -------------------------------------------------------
 
-    def _reload(self, dep: Deployment) -> None:
+    async def _reload(self, dep: Deployment) -> None:
         began = time.monotonic()
-        self.systemd.daemon_reload()
+        await self.systemd.daemon_reload()
         dep.timings["daemon-reload"] = round(dep.timings.get("daemon-reload", 0) + time.monotonic() - began, 4)
 
     def _fail(self, dep: Deployment, reason: str) -> str:
@@ -156,7 +157,7 @@ class Switcher:
         if dep.old is None:
             # First deploy: the socket must name a release before systemd will start it.
             if self.units.point_socket(app, versions.instance(dep.new), trial=True):
-                self._reload(dep)
+                await self._reload(dep)
             self.systemd.enable(app.socket_unit)
             if await self.systemd.start(app.socket_unit) != "done":
                 return self._fail(dep, f"cannot start {app.socket_unit}: {self.systemd.status(app.socket_unit).describe()}")
@@ -190,7 +191,7 @@ class Switcher:
 
     async def _pointing(self, dep: Deployment) -> str:
         if self.units.point_socket(dep.app, versions.instance(dep.new), trial=True):
-            self._reload(dep)
+            await self._reload(dep)
         return OK
 
     async def _stopping_old(self, dep: Deployment) -> str:
@@ -252,7 +253,7 @@ class Switcher:
         await self.systemd.stop(dep.new_unit)
         self.store.set_app_state(app.name, current=dep.old)
         if self.units.point_socket(app, versions.instance(dep.old), trial=False):
-            self._reload(dep)
+            await self._reload(dep)
         return OK
 
     async def _rolling_back(self, dep: Deployment) -> str:
@@ -270,7 +271,7 @@ class Switcher:
             return self._degrade(dep, f"cannot start {dep.old} again ({result}; "
                                       f"{self.systemd.status(dep.old_unit).describe()}); {dep.new} keeps serving")
         if self.units.point_socket(app, versions.instance(dep.old), trial=False):
-            self._reload(dep)
+            await self._reload(dep)
         self.store.set_app_state(app.name, current=dep.old)
         await self.systemd.stop(dep.new_unit)
         return OK
@@ -285,4 +286,4 @@ class Switcher:
         await self.systemd.stop(app.socket_unit)
         self.systemd.disable(app.socket_unit)
         self.units.clear_socket_pointer(app)
-        self.systemd.daemon_reload()
+        await self.systemd.daemon_reload()

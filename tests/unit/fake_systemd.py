@@ -52,7 +52,7 @@ class FakeSystemd:
         self._changed(unit)
         return "done"
 
-    def daemon_reload(self) -> None:
+    async def daemon_reload(self) -> None:
         self.calls.append(("daemon-reload", ""))
         self.reloads += 1
 

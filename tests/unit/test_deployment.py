@@ -15,11 +15,11 @@ def walk(results):
 
 
 def test_happy_path():
-    assert walk([OK] * 6) == [Step.STARTING, Step.CHECKING, Step.POINTING, Step.STOPPING_OLD, Step.PROBATION,
+    assert walk([OK] * 6) == [Step.STARTING, Step.CHECKING, Step.STOPPING_OLD, Step.POINTING, Step.PROBATION,
                               Step.BLESSING, Step.DONE]
 
 
-@pytest.mark.parametrize("fail_at", [0, 1, 2])
+@pytest.mark.parametrize("fail_at", [0, 1])
 def test_failure_before_old_stops_reverts(fail_at):
     path = walk([OK] * fail_at + [FAIL, OK])
     assert path[-2:] == [Step.REVERTING, Step.FAILED]
@@ -60,10 +60,10 @@ def test_every_step_that_does_io_can_fail():
 
 
 def test_resume_before_old_stopped_goes_back_to_old():
-    for step in (Step.STARTING, Step.CHECKING, Step.POINTING):
+    for step in (Step.STARTING, Step.CHECKING):
         assert RESUME_AFTER_RESTART[step] == Step.REVERTING
         assert serving_version(step, "1.0.0", "2.0.0") == "1.0.0"
-    for step in (Step.STOPPING_OLD, Step.PROBATION, Step.BLESSING):
+    for step in (Step.STOPPING_OLD, Step.POINTING, Step.PROBATION, Step.BLESSING):
         assert RESUME_AFTER_RESTART[step] == step
         assert serving_version(step, "1.0.0", "2.0.0") == "2.0.0"
 
