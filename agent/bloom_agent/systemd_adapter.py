@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
+from . import cgroupstats
 from .errors import BloomError
 
 log = logging.getLogger(__name__)
@@ -227,7 +228,11 @@ class PystemdSystemd:
             value = int(value)
             return None if value >= 2**64 - 1 else value
 
-        return {"memory": known(u.Service.MemoryCurrent), "tasks": known(u.Service.TasksCurrent)}
+        metrics = {"memory": known(u.Service.MemoryCurrent), "tasks": known(u.Service.TasksCurrent)}
+        if None in metrics.values():
+            fallback = cgroupstats.usage(_text(u.Service.ControlGroup))
+            metrics = {k: v if v is not None else fallback[k] for k, v in metrics.items()}
+        return metrics
 
     def instances(self, pattern: str) -> list[UnitStatus]:
         listed = self._manager.Manager.ListUnitsByPatterns([], [pattern.encode()])

@@ -1,6 +1,7 @@
 """Automatic rollback on real systemd: each probation monitor trips on the sample app's faults."""
 
 import json
+import re
 import time
 
 import pytest
@@ -28,6 +29,14 @@ type = "http"
 interval_sec = 0.5
 failures = 3
 max_response_time_ms = 1000
+
+[[health_check]]
+type = "memory"
+memory_threshold_bytes = {memory}
+
+[[health_check]]
+type = "tasks"
+max_tasks = {tasks}
 """
 
 
@@ -39,8 +48,8 @@ class Api(App):
         self.host.check_output("mkdir -p /etc/bloom/apps /root/releases")
         self.configure()
 
-    def configure(self, probation: float = 6, patterns: str = "[]") -> None:
-        text = API_FILE.format(probation=probation, patterns=patterns)
+    def configure(self, probation: float = 6, patterns: str = "[]", memory: int = 2**30, tasks: int = 200) -> None:
+        text = API_FILE.format(probation=probation, patterns=patterns, memory=memory, tasks=tasks)
         self.host.check_output(f"cat > /etc/bloom/apps/api.toml <<'EOF'\n{text}EOF")
         self.host.check_output("bloomctl reload")
 
@@ -203,7 +212,27 @@ def test_health_command_runs_checks_now(api):
     assert out.rc == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["healthy"] is True and result["version"] == api.status()["current"]
-    assert [c["name"] for c in result["checks"]] == ["unit", "http#0"]
+    assert [c["name"] for c in result["checks"]] == ["unit", "http#0", "memory#1", "tasks#2"]
     assert "HTTP 200" in result["checks"][1]["detail"]
+    # Measured for real: systemd's accounting, or the unit's cgroup read with psutil where that is off.
+    assert re.fullmatch(r"memory \d+ bytes", result["checks"][2]["detail"]), result["checks"][2]
+    assert re.fullmatch(r"\d+ tasks", result["checks"][3]["detail"]), result["checks"][3]
     human = api.host.run("bloomctl health api")
     assert human.rc == 0 and "healthy" in human.stdout
+
+
+@pytest.mark.parametrize("limits, reason", [
+    ({"memory": 1000}, r"memory#1: memory \d+ bytes > 1000"),
+    ({"tasks": 1}, r"tasks#2: \d+ tasks > 1"),
+], ids=["memory", "tasks"])
+def test_memory_and_task_limits_refuse_a_release(api, limits, reason):
+    current = api.status()["current"]
+    api.configure(**limits)
+    try:
+        version = "3.0.0" if "memory" in limits else "3.0.1"
+        out, _ = api.deploy(version)
+        assert out.rc == 3, out.stdout + out.stderr
+        assert re.search(reason, out.stderr), out.stderr
+        assert api.serving() == f"sampleapp {current}"
+    finally:
+        api.configure()
