@@ -219,6 +219,8 @@ def _report_switch(obj: Context, command: str, args: dict, as_json: bool) -> Non
         if p.get("step") == "probation" and "watching" in p:
             click.echo(f"  probation of {p['version']} for {p['seconds']:g} s, watching: {', '.join(p['watching'])}",
                        err=True)
+        elif p.get("step") == "probation" and "left" in p:
+            click.echo(f"  probation of {p['version']}: {p['left']} s left", err=True)
         elif p.get("step") != "probation":
             click.echo(f"  {p.get('step')}: {p.get('version')}", err=True)
 

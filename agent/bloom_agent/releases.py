@@ -213,10 +213,18 @@ def _check_free_space(app: AppConfig, needed: int) -> None:
     usage = shutil.disk_usage(app.releases_dir)
     if usage.free - needed < app.min_free_bytes:
         raise InstallError(
-            f"not enough free space in {app.releases_dir}: {usage.free // 2**20} MiB free, the release needs "
-            f"{needed // 2**20} MiB and min_free_bytes keeps {app.min_free_bytes // 2**20} MiB free",
+            f"not enough free space in {app.releases_dir}: {_size(usage.free)} free, the release needs "
+            f"{_size(needed)} and min_free_bytes keeps {_size(app.min_free_bytes)} free",
             hint="remove old releases (bloomctl remove APP VERSION) or free space on that file system",
         )
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def install(app: AppConfig, tarball: Path, version: str, checksum: str | None) -> Installed:

@@ -216,7 +216,11 @@ class Switcher:
         watching = self.monitors(dep)
         progress({"step": "probation", "version": dep.new, "seconds": dep.app.probation_sec,
                   "watching": [m.name for m in watching]})
-        trip = await monitors.probation(watching, dep.app.probation_sec, dep.abort)
+        ticker = asyncio.ensure_future(self._count_down(dep, progress))
+        try:
+            trip = await monitors.probation(watching, dep.app.probation_sec, dep.abort)
+        finally:
+            ticker.cancel()
         if dep.abort.is_set():
             return self._fail(dep, dep.abort_reason or "rollback requested")
         if trip and self.systemd.host_stopping():
@@ -228,6 +232,15 @@ class Switcher:
         if trip:
             return self._fail(dep, f"probation: {trip}")
         return OK
+
+    @staticmethod
+    async def _count_down(dep: Deployment, progress: Progress) -> None:
+        """Tell a waiting bloomctl how long probation has left, every few seconds."""
+        end = time.monotonic() + dep.app.probation_sec
+        every = min(5.0, max(1.0, dep.app.probation_sec / 6))
+        while (left := end - time.monotonic()) > every:
+            await asyncio.sleep(every)
+            progress({"step": "probation", "version": dep.new, "left": round(end - time.monotonic())})
 
     async def _blessing(self, dep: Deployment) -> str:
         # The /etc layer now names NEW and the /run layer goes: the effective Service= does not

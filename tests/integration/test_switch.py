@@ -279,3 +279,25 @@ def test_reboot_comes_back_on_the_current_release(app, machine):
                            "journalctl -b --no-pager -o cat -u bloom-agent -u 'web@*' | tail -40"))
         raise
     wait_until(lambda: app.running() == [f"web@{current}.service"], 30, "exactly the current release running")
+
+
+def test_full_disk_during_unpack_is_refused_and_leaves_nothing(app, tmp_path):
+    """The free-space check passes (min_free_bytes = 0), then the file system fills up mid-unpack."""
+    host = app.host
+    host.check_output("mkdir -p /srv/tiny && (mountpoint -q /srv/tiny || mount -t tmpfs -o size=256k tmpfs /srv/tiny)")
+    host.check_output("printf 'listen = [\"127.0.0.1:8090\"]\\nexec = \"bin/sampleapp\"\\n"
+                      "releases_dir = \"/srv/tiny/releases\"\\nmin_free_bytes = 0\\n' > /etc/bloom/apps/tiny.toml "
+                      "&& bloomctl reload")
+    try:
+        big = tmp_path / "tiny-1.0.0.tar.gz"
+        big.write_bytes(_tar_bytes([_member("bin/sampleapp", b"#!/bin/sh\n"),
+                                    _member("data.bin", b"\0" * 600_000, mode=0o644)]))  # compresses to ~1 KiB
+        app.machine.put(big, "/root/releases/tiny-1.0.0.tar.gz")
+        out = host.run("bloomctl install tiny /root/releases/tiny-1.0.0.tar.gz")
+        assert out.rc == 1
+        assert "cannot install tiny 1.0.0: No space left on device" in out.stderr
+        assert host.check_output("ls -A /srv/tiny/releases") == "", "the half-unpacked release is gone"
+        assert json.loads(host.check_output("bloomctl releases tiny --json")) == []
+        assert json.loads(host.check_output("bloomctl history tiny --json"))[0]["outcome"] == "failed"
+    finally:
+        host.run("rm -f /etc/bloom/apps/tiny.toml; bloomctl reload; umount /srv/tiny")
