@@ -254,9 +254,7 @@ class Switcher:
         app = dep.app
         self.store.set_release_status(app.name, dep.new, "failed", dep.reason)
         if dep.old is None:
-            await self.systemd.stop(dep.new_unit)
-            self.store.set_app_state(app.name, current=None)
-            await self._retire_socket(app)
+            await self._give_up_first_release(dep)
             return OK
         # OLD should never have stopped. If it has and cannot come back, NEW (whatever its state)
         # stays: something that may serve beats nothing that will.
@@ -273,9 +271,7 @@ class Switcher:
         app = dep.app
         self.store.set_release_status(app.name, dep.new, "failed", dep.reason)
         if dep.old is None:
-            await self.systemd.stop(dep.new_unit)
-            self.store.set_app_state(app.name, current=None)
-            await self._retire_socket(app)
+            await self._give_up_first_release(dep)
             dep.reason += "; no earlier release to go back to, so the app is stopped"
             return OK
         # The reverse swap: OLD beside NEW, ready, the socket back to OLD, then NEW stopped.
@@ -294,9 +290,12 @@ class Switcher:
         self.store.set_app_state(dep.app.name, degraded=why)
         return FAIL
 
-    async def _retire_socket(self, app: AppConfig) -> None:
-        """No release left to serve: refuse connections rather than queue them for nobody."""
-        await self.systemd.stop(app.socket_unit)
-        self.systemd.disable(app.socket_unit)
-        self.units.clear_socket_pointer(app)
-        await self.systemd.daemon_reload()
+    async def _give_up_first_release(self, dep: Deployment) -> None:
+        """A first deploy that fails leaves no release: NEW stopped and the socket retired, so
+        connections are refused rather than queued for nobody."""
+        await self.systemd.stop(dep.new_unit)
+        self.store.set_app_state(dep.app.name, current=None)
+        await self.systemd.stop(dep.app.socket_unit)
+        self.systemd.disable(dep.app.socket_unit)
+        self.units.clear_socket_pointer(dep.app)
+        await self._reload(dep)

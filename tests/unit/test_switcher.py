@@ -236,3 +236,12 @@ def test_host_shutdown_during_probation_is_no_verdict(env):
     asyncio.run(run())
     assert store.unfinished_deployments()[0]["step"] == "probation"
     assert not systemd.started("web@1.0.0.service") or systemd.calls.count(("start", "web@1.0.0.service")) == 1
+
+
+def test_failed_first_deploy_retires_the_socket(env):
+    app, store, units, systemd, _ = env
+    systemd.start_results["web@1.0.0.service"] = "timeout"
+    _, out = deploy(env, "1.0.0")
+    assert (out.outcome, out.serving) == ("failed", None)
+    assert ("disable", "web.socket") in systemd.calls and ("stop", "web.socket") in systemd.calls
+    assert units.pointed_instance(app) is None
