@@ -122,9 +122,9 @@ def releases(obj: Context, app: str, as_json: bool) -> None:
     if not rows:
         click.echo(f"{app}: no releases installed")
         return
-    click.echo(f"{'VERSION':<20} {'STATUS':<18} {'INSTALLED':<25} {'SIZE':>10}  SHA256")
+    click.echo(f"{'VERSION':<20} {'STATUS':<18} {'INSTALLED (UTC)':<19} {'SIZE':>10}  SHA256")
     for r in rows:
-        click.echo(f"{r['version']:<20} {r['status']:<18} {r['installed_at']:<25} {r['size']:>10}  {r['sha256'][:16]}")
+        click.echo(f"{r['version']:<20} {r['status']:<18} {_when(r['installed_at'])} {r['size']:>10}  {r['sha256'][:16]}")
         if r["reason"]:
             click.echo(f"{'':<20} {r['reason']}")
 
@@ -187,9 +187,9 @@ def history(obj: Context, app: str, limit: int, as_json: bool) -> None:
     if as_json:
         _print_json(rows)
         return
-    click.echo(f"{'TIME':<25} {'ACTION':<10} {'VERSION':<16} {'FROM':<16} {'OUTCOME':<12} {'BY':<10} REASON")
+    click.echo(f"{'TIME (UTC)':<19} {'ACTION':<10} {'VERSION':<16} {'FROM':<16} {'OUTCOME':<12} {'BY':<10} REASON")
     for r in rows:
-        click.echo(f"{r['started_at']:<25} {r['action']:<10} {r['version']:<16} {r['from'] or '-':<16} "
+        click.echo(f"{_when(r['started_at'])} {r['action']:<10} {r['version']:<16} {r['from'] or '-':<16} "
                    f"{r['outcome']:<12} {r['caller']:<10} {r['reason']}")
 
 
@@ -247,6 +247,11 @@ class SwitchFailed(BloomError):
             what = "there was no earlier release; the app is not serving"
         super().__init__(f"{result['app']} {result['version']}: {result['outcome']}: {result['reason']}; {what}")
         self.exit_code = result["exit_code"]
+
+
+def _when(iso: str) -> str:
+    """Stored times are ISO 8601 in UTC with milliseconds; a table needs the second."""
+    return iso[:19].replace("T", " ")
 
 
 def _print_json(value: Any) -> None:
