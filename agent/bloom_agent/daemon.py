@@ -66,7 +66,10 @@ class Agent:
             loop.add_signal_handler(sig, self._signals.put_nowait, sig)
         self.apps = AppManager(self.config.apps_dir, self.config.releases_dir, self.store,
                                systemd_adapter.connect(), UnitWriter())
-        await self.apps.load()
+        try:
+            await self.apps.load()
+        except BloomError as err:  # e.g. systemd unreachable: the agent still answers, and says why
+            log.error("apps not loaded: %s", err)
         await self.control.start()
         self.store.record_agent_event("start", __version__)
         self._set_state("idle")
@@ -142,7 +145,10 @@ class Agent:
         logs.set_level(new.log_level)
         self.config_loaded_at = utcnow()
         if self.apps is not None:
-            await self.apps.load()
+            try:
+                await self.apps.load()
+            except BloomError as err:
+                log.error("apps not reloaded: %s", err)
         self.store.record_agent_event("reload", __version__)
         log.info("configuration reloaded from %s", new.path)
         return True
