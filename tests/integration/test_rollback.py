@@ -48,8 +48,9 @@ class Api(App):
         self.host.check_output("mkdir -p /etc/bloom/apps /root/releases")
         self.configure()
 
-    def configure(self, probation: float = 6, patterns: str = "[]", memory: int = 2**30, tasks: int = 200) -> None:
-        text = API_FILE.format(probation=probation, patterns=patterns, memory=memory, tasks=tasks)
+    def configure(self, probation: float = 6, patterns: str = "[]", memory: int = 2**30, tasks: int = 200,
+                  extra: str = "") -> None:
+        text = API_FILE.format(probation=probation, patterns=patterns, memory=memory, tasks=tasks) + extra
         self.host.check_output(f"cat > /etc/bloom/apps/api.toml <<'EOF'\n{text}EOF")
         self.host.check_output("bloomctl reload")
 
@@ -236,3 +237,41 @@ def test_memory_and_task_limits_refuse_a_release(api, limits, reason):
         assert api.serving() == f"sampleapp {current}"
     finally:
         api.configure()
+
+
+CUSTOM_CHECKS = """
+[[health_check]]
+type = "command"
+name = "queue-depth"
+command = 'test "$BLOOM_APP" = api && echo queue short'
+
+[[health_check]]
+type = "python"
+name = "plugin"
+entry_point = "bloomtest-queue"
+"""
+
+
+def test_custom_checks_executable_and_entry_point_plugin(api):
+    """Bloom's register_check, the systemd way: any executable, or a callable in an entry point group."""
+    site = "/usr/local/lib/python3.11/dist-packages"
+    api.host.check_output(
+        f"mkdir -p {site}/bloomtestchecks-1.0.dist-info && "
+        f"printf 'def queue_ok(target):\\n    return True, f\"plugin saw {{target.app}} {{target.version}}\"\\n' "
+        f"> {site}/bloomtestchecks.py && "
+        f"printf 'Metadata-Version: 2.1\\nName: bloomtestchecks\\nVersion: 1.0\\n' > {site}/bloomtestchecks-1.0.dist-info/METADATA && "
+        f"printf '[bloom_agent.health_checks]\\nbloomtest-queue = bloomtestchecks:queue_ok\\n' "
+        f"> {site}/bloomtestchecks-1.0.dist-info/entry_points.txt")
+    api.configure(extra=CUSTOM_CHECKS)
+    try:
+        result = json.loads(api.host.check_output("bloomctl health api --json"))
+        checks = {c["name"]: c for c in result["checks"]}
+        current = api.status()["current"]
+        assert checks["queue-depth"]["ok"] and checks["queue-depth"]["detail"] == "queue short"
+        assert checks["plugin"]["ok"] and checks["plugin"]["detail"] == f"plugin saw api {current}"
+        # The plugin also guards a switch: it runs before the switch and during probation.
+        out, _ = api.deploy("3.1.0")
+        assert out.rc == 0, out.stderr
+    finally:
+        api.configure()
+        api.host.run(f"rm -rf {site}/bloomtestchecks.py {site}/bloomtestchecks-1.0.dist-info")
