@@ -25,7 +25,7 @@ from .healthchecks import Target, run_check
 from .hooks import run_hooks
 from .state import StateStore
 from .deployment import Step
-from .switcher import Deployment, Outcome, Progress, Switcher, _quiet
+from .switcher import Deployment, Outcome, Progress, Switcher, no_progress
 from .systemd_adapter import Systemd
 from .unitfiles import UnitWriter
 
@@ -204,7 +204,7 @@ class AppManager:
 
     # -- switch / rollback ----------------------------------------------------------------------
 
-    async def switch(self, name: str, version: str, caller: Caller, progress: Progress = _quiet,
+    async def switch(self, name: str, version: str, caller: Caller, progress: Progress = no_progress,
                      wait: bool = True, action: str = "switch") -> dict:
         app = self.app(name)
         holder = self._acquire(name, f"{action} to {version}", caller.user)
@@ -245,7 +245,7 @@ class AppManager:
         finally:
             self._release(app.name, holder)
 
-    async def rollback(self, name: str, to: str | None, caller: Caller, progress: Progress = _quiet,
+    async def rollback(self, name: str, to: str | None, caller: Caller, progress: Progress = no_progress,
                        wait: bool = True) -> dict:
         app = self.app(name)
         holder = self._holders.get(name)
@@ -347,7 +347,7 @@ class AppManager:
             dep = self.switcher.resumed(app, row)
             holder = self._acquire(app.name, f"{dep.action} to {dep.new} (resumed)", "bloom-agent")
             holder.deployment = dep
-            await self._run(app, dep, holder, _quiet)
+            await self._run(app, dep, holder, no_progress)
         for app in self.apps.values():
             await self._settle(app)
 

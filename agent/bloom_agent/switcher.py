@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[dict], None]
 
 
-def _quiet(_: dict) -> None:
+def no_progress(_: dict) -> None:
+    """For callers nobody is waiting on (reconcile, --no-wait)."""
     pass
 
 
@@ -110,7 +111,7 @@ class Switcher:
                     step, dep.step)
         return dep
 
-    async def run(self, dep: Deployment, progress: Progress = _quiet) -> Outcome:
+    async def run(self, dep: Deployment, progress: Progress = no_progress) -> Outcome:
         step = dep.step
         while step not in TERMINAL:
             dep.step = step
@@ -212,7 +213,7 @@ class Switcher:
         watching += [monitors.CheckMonitor(spec, self._target(dep)) for spec in app.health_checks]
         return watching
 
-    async def _probation(self, dep: Deployment, progress: Progress = _quiet) -> str:
+    async def _probation(self, dep: Deployment, progress: Progress = no_progress) -> str:
         watching = self.monitors(dep)
         progress({"step": "probation", "version": dep.new, "seconds": dep.app.probation_sec,
                   "watching": [m.name for m in watching]})
