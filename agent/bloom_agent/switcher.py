@@ -27,7 +27,6 @@ Progress = Callable[[dict], None]
 
 def no_progress(_: dict) -> None:
     """For callers nobody is waiting on (reconcile, --no-wait)."""
-    pass
 
 
 @dataclass
