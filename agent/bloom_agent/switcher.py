@@ -274,15 +274,17 @@ class Switcher:
             await self._give_up_first_release(dep)
             dep.reason += "; no earlier release to go back to, so the app is stopped"
             return OK
-        # The reverse swap: OLD beside NEW, ready, the socket back to OLD, then NEW stopped.
+        # The reverse swap: OLD beside NEW and ready, NEW stopped, then the socket back to OLD.
         result = await self.systemd.start(dep.old_unit)
         if result != "done" or not self.systemd.status(dep.old_unit).active:
             return self._degrade(dep, f"cannot start {dep.old} again ({result}; "
                                       f"{self.systemd.status(dep.old_unit).describe()}); {dep.new} keeps serving")
+        # NEW goes before the pointer moves back: like the forward switch, the daemon-reload must not
+        # stand between a misbehaving release and its removal.
+        await self.systemd.stop(dep.new_unit)
+        self.store.set_app_state(app.name, current=dep.old)
         if self.units.point_socket(app, versions.instance(dep.old), trial=False):
             await self._reload(dep)
-        self.store.set_app_state(app.name, current=dep.old)
-        await self.systemd.stop(dep.new_unit)
         return OK
 
     def _degrade(self, dep: Deployment, why: str) -> str:

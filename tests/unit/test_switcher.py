@@ -90,9 +90,9 @@ def test_crash_in_probation_rolls_back_with_reverse_swap(env):
     out = asyncio.run(both())
     assert (out.outcome, out.exit_code, out.serving) == ("rolled-back", 3, "1.0.0")
     assert "restarted" in out.reason
-    # Reverse swap: old started again before new stopped.
+    # Reverse swap: old started again before new stopped; the reload only after that.
     tail = systemd.calls[-3:]
-    assert tail == [("start", "web@1.0.0.service"), ("daemon-reload", ""), ("stop", "web@2.0.0.service")]
+    assert tail == [("start", "web@1.0.0.service"), ("stop", "web@2.0.0.service"), ("daemon-reload", "")]
     assert units.pointed_instance(app) == "1.0.0"
     assert store.release("web", "2.0.0")["status"] == "failed"
 
