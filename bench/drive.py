@@ -5,12 +5,14 @@ Puts wrk (with reqlog.lua: one line per request) on URL at saturation in the bac
 then, after a warm-up, does COUNT deploys with PAUSE seconds of plain load before each and
 after the last, and stops wrk. A deploy is either
 
-  --mode switch:  bloomctl switch APP VERSION --json   (versions alternate)
+  --mode switch:  bloomctl switch APP VERSION --json   (versions alternate, or --sequence)
   --mode restart: point /opt/plain/current at the other release, systemctl restart UNIT
 
 Every deploy's window is the wall time of that command, taken with time.time() (the same
-clock as reqlog.lua's timestamps). Writes OUT (JSON) and leaves wrk's logs in LOG_DIR.
-Standard library only (Debian's python3).
+clock as reqlog.lua's timestamps). For switches, the agent's own record of each step (its
+start time, from the state database) is added. After the measured period, with the load still
+on, it times the client alone (bloomctl --version, bloomctl status) --client-samples times.
+Writes OUT (JSON) and leaves wrk's logs in LOG_DIR. Standard library only (Debian's python3).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -87,6 +90,53 @@ def add_agent_times(args, events: list[dict]) -> None:
             e["agent_finished"] = datetime.fromisoformat(row["finished_at"]).timestamp()
 
 
+def add_agent_steps(events: list[dict], db: str = "/var/lib/bloom/state.db") -> None:
+    """Each switch's steps as the agent recorded them before taking them: [[time, step], ...]
+    (millisecond timestamps; the last one is the outcome, written when the switch ended)."""
+    ids = [(e.get("result") or {}).get("deployment") for e in events]
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    except sqlite3.Error:
+        return
+    try:
+        for e, dep in zip(events, ids):
+            if dep is None:
+                continue
+            rows = conn.execute("SELECT at, step FROM deployment_steps WHERE deployment = ? ORDER BY rowid",
+                                (dep,)).fetchall()
+            e["steps"] = [[datetime.fromisoformat(at).timestamp(), step] for at, step in rows]
+    finally:
+        conn.close()
+
+
+def agent_memory() -> dict | None:
+    """The agent's resident memory now (kB), to see whether it grows over many switches."""
+    pid = subprocess.run(["systemctl", "show", "-p", "MainPID", "--value", "bloom-agent"], capture_output=True,
+                         text=True).stdout.strip()
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return {k: int(fields[k].split()[0]) for k in ("VmRSS", "RssAnon", "RssFile", "VmHWM") if k in fields}
+
+
+def time_client(args, n: int) -> dict:
+    """Wall times of the client alone: its start-up (--version: Python, click, the package's
+    imports) and a round trip to the agent (status)."""
+    out = {}
+    for name, cmd in (("version", ["bloomctl", "--version"]),
+                      ("status", ["bloomctl", "status", args.app, "--json"])):
+        samples = []
+        for _ in range(n):
+            t0 = time.time()
+            subprocess.run(cmd, capture_output=True)
+            samples.append(time.time() - t0)
+            time.sleep(0.2)
+        out[name] = samples
+    return out
+
+
 def deploy_restart(args, version: str) -> dict:
     link = Path(args.plain_root) / "current"
     tmp = link.with_name(".current.tmp")
@@ -114,6 +164,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", choices=("switch", "restart"), required=True)
     ap.add_argument("--url", required=True)
     ap.add_argument("--versions", required=True, help="comma-separated; deploys cycle through them")
+    ap.add_argument("--sequence", help="switch mode: comma-separated versions to switch to, in this order "
+                                        "(instead of cycling through --versions)")
     ap.add_argument("--count", type=int, default=20)
     ap.add_argument("--pause", type=float, default=2.0)
     ap.add_argument("--warmup", type=float, default=2.0)
@@ -125,10 +177,17 @@ def main(argv=None) -> int:
     ap.add_argument("--app", default="web")
     ap.add_argument("--unit", default="plain.service")
     ap.add_argument("--plain-root", default="/opt/plain")
+    ap.add_argument("--client-samples", type=int, default=0,
+                    help="after the measured period, time bloomctl --version and status this many times each")
     args = ap.parse_args(argv)
 
-    versions = args.versions.split(",")
-    first = versions.index(current_version(args))
+    if args.sequence:
+        sequence = args.sequence.split(",")
+        args.count = len(sequence)
+    else:
+        versions = args.versions.split(",")
+        first = versions.index(current_version(args))
+        sequence = [versions[(first + i + 1) % len(versions)] for i in range(args.count)]
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     for old in log_dir.glob("*"):
@@ -144,6 +203,7 @@ def main(argv=None) -> int:
     else:
         wrk = subprocess.Popen(wrk_cmd, stdout=wrk_out, stderr=subprocess.STDOUT, env=env)
     events = []
+    memory0 = agent_memory() if args.mode == "switch" else None
     loadavg0 = Path("/proc/loadavg").read_text().split()[:3]
     try:
         time.sleep(args.warmup)
@@ -153,7 +213,7 @@ def main(argv=None) -> int:
         measure_start = time.time()
         for i in range(args.count):
             time.sleep(args.pause)
-            version = versions[(first + i + 1) % len(versions)]
+            version = sequence[i]
             event = deploy(args, version)
             event.update(n=i + 1, version=version, served=served_version(args.url))
             events.append(event)
@@ -162,6 +222,7 @@ def main(argv=None) -> int:
         time.sleep(args.pause)
         measure_end = time.time()
         cpu1 = cpu_ticks()
+        client = time_client(args, args.client_samples) if args.client_samples and args.mode == "switch" else None
     finally:
         if wrk.poll() is None:
             wrk.send_signal(signal.SIGINT)  # wrk stops, prints its summary and runs done()
@@ -173,6 +234,7 @@ def main(argv=None) -> int:
         wrk_out.close()
     if args.mode == "switch":
         add_agent_times(args, events)
+        add_agent_steps(events)
     busy, total = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
     summary_file = log_dir / "summary.json"
     report = {
@@ -187,6 +249,8 @@ def main(argv=None) -> int:
         "measure_end": measure_end,
         "cpu_busy": busy / total if total else None,
         "events": events,
+        "client_sec": client,
+        "agent_memory_kb": [memory0, agent_memory() if args.mode == "switch" else None],
     }
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     return 0
