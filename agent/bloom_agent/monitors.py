@@ -46,7 +46,8 @@ class UnitMonitor:
             trip = _unit_trip(status, baseline)
             if trip:
                 return trip
-            await self.systemd.wait_for_change(self.unit, 30.0)
+            # A short timeout is a safety net for a lost PropertiesChanged, not the way changes arrive.
+            await self.systemd.wait_for_change(self.unit, 2.0)
 
 
 def _unit_trip(status, baseline: int) -> str | None:

@@ -23,6 +23,8 @@ from .unitfiles import UnitWriter
 log = logging.getLogger(__name__)
 
 Progress = Callable[[dict], None]
+# Longest wait for the agent's own stop when the host shuts down during a probation.
+SHUTDOWN_WAIT_SEC = 120.0
 
 
 def no_progress(_: dict) -> None:
@@ -228,7 +230,8 @@ class Switcher:
             # agent is stopped too; after the reboot the boot-id rule brings back the last good release.
             log.warning("%s: host shutting down during probation of %s (%s); leaving it to the next boot",
                         dep.app.name, dep.new, trip)
-            await asyncio.Event().wait()
+            # Stopping the agent cancels this; if that never comes, the verdict stands after all.
+            await asyncio.sleep(SHUTDOWN_WAIT_SEC)
         if trip:
             return self._fail(dep, f"probation: {trip}")
         return OK

@@ -18,6 +18,8 @@ from .errors import BloomError
 log = logging.getLogger(__name__)
 
 SYSTEMD = b"org.freedesktop.systemd1"
+# How often a job wait double-checks that its completion signal was not lost.
+JOB_RECHECK_SEC = 2.0
 MANAGER_PATH = b"/org/freedesktop/systemd1"
 
 
@@ -163,20 +165,38 @@ class PystemdSystemd:
         for event in self._watchers.get(msg.headers.get("Path", b""), ()):
             event.set()
 
-    async def _job(self, method, unit: str) -> str:
+    async def _job(self, method_name: str, unit: str) -> str:
         future = asyncio.get_running_loop().create_future()
         # sd_bus_call queues signals instead of dispatching them, so JobRemoved cannot slip past
         # between the call's return and the registration below.
-        job = method(unit.encode(), b"replace")
+        job = getattr(self._manager.Manager, method_name)(unit.encode(), b"replace")
         self._jobs[job] = future
         self._kick()
-        return await future
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), JOB_RECHECK_SEC)
+            except asyncio.TimeoutError:
+                pass
+            # Safety net: sd-bus may hold a JobRemoved in its queue with nothing left on the socket to
+            # wake the loop. Drain the queue; if the job is gone and its signal still unseen, the
+            # unit's state says how it ended.
+            self._dispatch()
+            if future.done():
+                return future.result()
+            listed = {bytes(row[4]) for row in self._manager.Manager.ListJobs()}
+            if job not in listed:
+                self._jobs.pop(job, None)
+                status = self.status(unit)
+                wanted = status.active if method_name == "StartUnit" else not status.running
+                log.warning("%s: job %s ended without a JobRemoved signal seen; unit is %s", unit,
+                            job.decode(), status.active_state)
+                return "done" if wanted else "failed"
 
     async def start(self, unit: str) -> str:
-        return await self._job(self._manager.Manager.StartUnit, unit)
+        return await self._job("StartUnit", unit)
 
     async def stop(self, unit: str) -> str:
-        return await self._job(self._manager.Manager.StopUnit, unit)
+        return await self._job("StopUnit", unit)
 
     async def daemon_reload(self) -> None:
         """Reload takes from 0.1 s to seconds on a busy host: on a bus of its own, in a thread, so the
@@ -217,8 +237,9 @@ class PystemdSystemd:
         """Is the host shutting down? Then units stop because of it, not because they fail."""
         try:
             return _text(self._manager.Manager.SystemState) == "stopping"
-        except Exception:  # the bus going away is itself a sign of shutdown
-            return True
+        except Exception as exc:  # unknown: let the monitors' verdict stand
+            log.warning("cannot read systemd's state: %s", exc)
+            return False
 
     def unit_metrics(self, unit: str) -> dict[str, int | None]:
         """The unit's cgroup memory and task count; None where accounting is off (systemd says 2^64-1)."""
