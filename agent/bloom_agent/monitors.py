@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 SUPPRESSED_MESSAGE_ID = "a596d6fe7bfa4994828e72309e95d61e"
 _SUPPRESSED = re.compile(r"Suppressed (\d+) messages from (\S+)")
 WINDOW_SEC = 60.0
+STATUS_ATTEMPTS = 20  # 0.5 s apart: a D-Bus error lasting 10 s fails the unit monitor
 
 
 class Monitor(Protocol):
@@ -40,14 +41,26 @@ class UnitMonitor:
         self.systemd, self.unit = systemd, unit
 
     async def watch(self) -> str:
-        baseline = self.systemd.status(self.unit).n_restarts
+        baseline = (await self._status_retrying()).n_restarts
         while True:
-            status = self.systemd.status(self.unit)
-            trip = _unit_trip(status, baseline)
+            trip = _unit_trip(await self._status_retrying(), baseline)
             if trip:
                 return trip
             # A short timeout is a safety net for a lost PropertiesChanged, not the way changes arrive.
             await self.systemd.wait_for_change(self.unit, 2.0)
+
+
+    async def _status_retrying(self):
+        """A D-Bus call can fail for a moment (EINTR when a signal arrives, a slow bus): that says
+        nothing about the release. Only an error that lasts is the monitor failing."""
+        for attempt in range(STATUS_ATTEMPTS):
+            try:
+                return self.systemd.status(self.unit)
+            except Exception as exc:
+                if attempt == STATUS_ATTEMPTS - 1:
+                    raise
+                log.warning("reading %s from systemd failed (%s); retrying", self.unit, exc)
+                await asyncio.sleep(0.5)
 
 
 def _unit_trip(status, baseline: int) -> str | None:

@@ -237,9 +237,11 @@ class PystemdSystemd:
         """Is the host shutting down? Then units stop because of it, not because they fail."""
         try:
             return _text(self._manager.Manager.SystemState) == "stopping"
-        except Exception as exc:  # unknown: let the monitors' verdict stand
-            log.warning("cannot read systemd's state: %s", exc)
-            return False
+        except Exception as exc:
+            # The bus going away is what a shutdown looks like from here; the caller waits a bounded
+            # time for its own stop, so a passing hiccup only delays a verdict.
+            log.warning("cannot read systemd's state (%s); treating it as a shutdown", exc)
+            return True
 
     def unit_metrics(self, unit: str) -> dict[str, int | None]:
         """The unit's cgroup memory and task count; None where accounting is off (systemd says 2^64-1)."""
