@@ -262,8 +262,9 @@ class Switcher:
         # OLD should never have stopped. If it has and cannot come back, NEW (whatever its state)
         # stays: something that may serve beats nothing that will.
         if not self.systemd.status(dep.old_unit).active and await self.systemd.start(dep.old_unit) != "done":
-            return self._degrade(dep, f"{dep.old} is not running either "
-                                      f"({self.systemd.status(dep.old_unit).describe()}); {dep.new} left running")
+            why = f"{dep.old} is not running either ({self.systemd.status(dep.old_unit).describe()}); {dep.new} left running"
+            await self.systemd.stop(dep.old_unit)  # or systemd keeps restarting it behind our back
+            return self._degrade(dep, why)
         await self.systemd.stop(dep.new_unit)
         self.store.set_app_state(app.name, current=dep.old)
         if self.units.point_socket(app, versions.instance(dep.old), trial=False):
@@ -280,8 +281,10 @@ class Switcher:
         # The reverse swap: OLD beside NEW and ready, NEW stopped, then the socket back to OLD.
         result = await self.systemd.start(dep.old_unit)
         if result != "done" or not self.systemd.status(dep.old_unit).active:
-            return self._degrade(dep, f"cannot start {dep.old} again ({result}; "
-                                      f"{self.systemd.status(dep.old_unit).describe()}); {dep.new} keeps serving")
+            why = (f"cannot start {dep.old} again ({result}; {self.systemd.status(dep.old_unit).describe()}); "
+                   f"{dep.new} keeps serving")
+            await self.systemd.stop(dep.old_unit)  # or systemd keeps restarting it behind our back
+            return self._degrade(dep, why)
         # NEW goes before the pointer moves back: like the forward switch, the daemon-reload must not
         # stand between a misbehaving release and its removal.
         await self.systemd.stop(dep.new_unit)

@@ -275,3 +275,8 @@ def test_custom_checks_executable_and_entry_point_plugin(api):
     finally:
         api.configure()
         api.host.run(f"rm -rf {site}/bloomtestchecks.py {site}/bloomtestchecks-1.0.dist-info")
+
+
+def test_no_stray_release_after_a_failed_rollback(api):
+    """The release that could not be restarted is stopped, not left to systemd's restart loop."""
+    assert api.running() == [f"api@{api.status()['current']}.service"]
