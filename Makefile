@@ -87,3 +87,6 @@ integration: deps deb lint-deb
 
 demo: deps deb
 	$(PYTHON) scripts/demo.py --deb $(DEB_FILE)
+
+# Integration tests in a whole VM (not part of `make test`; see docs/testing.md).
+include vagrant/vagrant.mk

@@ -12,26 +12,36 @@ deb=${1:?usage: provision.sh /path/to/bloom-agent_VERSION_all.deb}
 export DEBIAN_FRONTEND=noninteractive
 apt_opts=(-y -q --no-install-recommends -o Dpkg::Use-Pty=0)
 
-# Would apt download anything? (Inst lines for other packages than bloom-agent itself.)
-if ! plan=$(apt-get install -s "${apt_opts[@]}" "$deb" curl wrk 2>&1) ||
-        grep -q '^Inst ' <<<"$(grep -v '^Inst bloom-agent ' <<<"$plan")"; then
+fetched=''
+fetch_lists() {
+    [ -n "$fetched" ] && return 0
     echo "bloom-agent: fetching package lists (dependencies to download)"
     apt-get update -q
+    fetched=1
+}
+
+if ! command -v curl >/dev/null || ! command -v wrk >/dev/null; then
+    fetch_lists
+    apt-get install "${apt_opts[@]}" curl wrk
 fi
-apt-get install "${apt_opts[@]}" curl wrk
-# --reinstall: a rebuilt package of the same version replaces the one installed before
-apt-get install "${apt_opts[@]}" --reinstall "$deb"
+# --reinstall: a rebuilt package of the same version replaces the one installed before.
+# First with the package lists the machine has (none in the local box): apt stops before
+# changing anything when a dependency cannot be had that way.
+if ! apt-get install "${apt_opts[@]}" --reinstall "$deb"; then
+    [ -n "$fetched" ] && exit 1
+    fetch_lists
+    apt-get install "${apt_opts[@]}" --reinstall "$deb"
+fi
 rm -f "$deb"  # nothing of ours outside the package (the purge test looks for leftovers)
 
-# The package enables and starts both units; make sure, and wait for READY (Type=notify).
-systemctl enable --now bloom-agent.socket bloom-agent.service
-for _ in $(seq 60); do
+# The package enables and starts both units; wait for READY (Type=notify).
+for _ in $(seq 120); do
     systemctl is-active --quiet bloom-agent.service && break
     sleep 0.5
 done
 if ! systemctl is-active --quiet bloom-agent.service; then
     echo "bloom-agent: the agent is not active after installing $deb" >&2
-    systemctl status --no-pager bloom-agent.service >&2 || true
+    systemctl status --no-pager bloom-agent.socket bloom-agent.service >&2 || true
     journalctl -b --no-pager -n 50 -u bloom-agent >&2 || true
     exit 1
 fi

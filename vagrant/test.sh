@@ -26,6 +26,9 @@
 #   BLOOM_VAGRANT_SUBNET      the test network (default 192.168.239.0/24)
 #   BLOOM_TEST_CACHE          cache directory (default /var/cache/bloom-agent-tests)
 #   PYTEST_ARGS               more pytest arguments
+#   BLOOM_VAGRANT_TIMEOUT     seconds for everything but the clean-up (default 1500)
+#   BLOOM_VAGRANT_KEEP=1      for debugging: leave the VM (and libvirtd) running at the end;
+#                             `make vagrant-clean` (vagrant/test.sh clean) removes them
 #
 #   vagrant/test.sh [run]     everything above
 #   vagrant/test.sh box       only build (or find) the local box
@@ -40,9 +43,12 @@ RUN=/var/tmp/$NAME               # this run: vagrant's dot directory, pool, logs
 STATE=/run/$NAME                 # daemons this script started (gone with a reboot, as they are)
 LOCK=/run/lock/$NAME.lock
 PUBLIC_BOX=debian/bookworm64
+# The subset run by default (see docs/testing.md): install, agent active under systemd, a
+# deploy, a zero-downtime switch under load, an automatic rollback, and a real reboot during
+# probation. About 3 minutes under software emulation; "all" takes much longer.
 DEFAULT_TESTS="test_systemd_is_pid_1 or test_agent_active_after_apt_install or test_type_notify \
 or test_bloomctl_status_for_root or test_first_deploy or test_switch_under_load \
-or test_crash_during_probation"
+or test_crash_during_probation or test_reboot_during_probation"
 HOST_PACKAGES=(vagrant vagrant-libvirt libvirt-daemon-system libvirt-daemon-driver-qemu
                libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base iptables ebtables
                openssh-client mmdebstrap e2fsprogs curl)
@@ -62,6 +68,8 @@ DOMAIN=${BLOOM_VAGRANT_PREFIX}default
 SSH_CONFIG=$RUN/ssh-config
 
 T0=$SECONDS
+TIMEOUT=${BLOOM_VAGRANT_TIMEOUT:-1500}  # everything but the clean-up (a hard cap for CI)
+DEADLINE=$((T0 + TIMEOUT))
 say() { printf '[vagrant-test %4ds] %s\n' $((SECONDS - T0)) "$*" >&2; }
 die() { say "FAILED: $*"; exit 1; }
 phase_start=$SECONDS
@@ -78,37 +86,38 @@ phase() {  # phase NAME: the end of the previous phase and the start of the next
 proc_start() { [ -r "/proc/$1/stat" ] && awk '{sub(/^.*\) /, ""); print $20}' "/proc/$1/stat" 2>/dev/null; }
 alive() { [ -n "${1:-}" ] && [ -n "${2:-}" ] && [ "$(proc_start "$1")" = "$2" ]; }  # alive PID STARTTIME
 
-child='' child_start='' watchdog=''
-# run LIMIT CMD...: CMD in a process group of its own (a Ctrl-C in the terminal reaches this
-# script, which then ends the group in order), ended whole after LIMIT seconds. Its pid is
-# recorded, so that the next run can end it if this script is killed.
+child='' child_start=''
+# run LIMIT CMD...: CMD under timeout(1), in a process group of its own (a Ctrl-C in the
+# terminal reaches this script, which then ends the group in order); timeout ends the whole
+# group after LIMIT seconds. The group's pid is recorded, so that the next run can end it if
+# this script is killed.
 run() {
     local limit=$1 rc=0; shift
-    setsid "$@" 9>&- &
+    # before the clean-up, no step runs past the run's deadline
+    if [ -z "${cleaning:-}" ] && [ $((DEADLINE - SECONDS)) -lt "$limit" ]; then
+        limit=$((DEADLINE - SECONDS))
+        [ "$limit" -gt 0 ] || { say "out of time (BLOOM_VAGRANT_TIMEOUT=$TIMEOUT s)"; return 124; }
+    fi
+    setsid timeout -k 20 "$limit" "$@" 7>&- 8>&- 9>&- &
     child=$! child_start=$(proc_start $!)
     echo "$child $child_start" > "$RUN/child"
-    setsid bash -c 'sleep "$1"; echo "[vagrant-test] timed out after $1 s: $3" >&2
-                    kill -TERM -- "-$2" 2>/dev/null; sleep 20; kill -KILL -- "-$2" 2>/dev/null' \
-        _ "$limit" "$child" "$*" 9>&- &
-    watchdog=$!
     # a signal with a trap that returns (during the clean-up) interrupts wait: wait again
     while :; do
         rc=0
         wait "$child" || rc=$?
         alive "$child" "$child_start" || break
     done
-    kill -- "-$watchdog" 2>/dev/null || true
-    wait "$watchdog" 2>/dev/null || true
-    child='' watchdog=''
+    child=''
     rm -f "$RUN/child"
+    [ $rc -eq 124 ] && say "timed out after $limit s: $*"
     return $rc
 }
 
 end_group() {  # end_group PID STARTTIME: TERM, then KILL, the process group led by PID
-    local pid=$1 start=$2 i
+    local pid=$1 start=$2
     alive "$pid" "$start" || return 0
     kill -TERM -- "-$pid" 2>/dev/null || true
-    for i in $(seq 100); do alive "$pid" "$start" || return 0; sleep 0.1; done
+    for _ in $(seq 100); do alive "$pid" "$start" || return 0; sleep 0.1; done
     kill -KILL -- "-$pid" 2>/dev/null || true
 }
 
@@ -121,7 +130,7 @@ install_host_packages() {
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     say "installing ${missing[*]}"
-    apt-get update -q >/dev/null
+    apt-get update -q >/dev/null || say "apt-get update reported errors (a third-party source?); installing anyway"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
         -o Dpkg::Use-Pty=0 "${missing[@]}" > "$CACHE/apt.log" 2>&1 ||
         { tail -n 30 "$CACHE/apt.log" >&2; die "apt-get install failed (log: $CACHE/apt.log)"; }
@@ -149,7 +158,7 @@ start_daemons() {
         local d pid
         for d in virtlogd libvirtd; do
             daemon_pid $d >/dev/null && continue
-            "/usr/sbin/$d" -d 9>&- </dev/null >/dev/null 2>&1
+            "/usr/sbin/$d" -d 7>&- 8>&- 9>&- </dev/null >/dev/null 2>&1
             for _ in $(seq 50); do pid=$(daemon_pid $d) && break; sleep 0.1; done
             [ -n "$pid" ] || die "$d did not start"
             echo "$pid $(proc_start "$pid")" > "$STATE/$d"
@@ -170,8 +179,8 @@ stop_daemons() {
         [ -f "$STATE/$d" ] || continue
         read -r pid start < "$STATE/$d" || true
         if alive "$pid" "$start"; then
-            if [ $d = libvirtd ] && [ -n "$(virsh list --all --name 2>/dev/null; virsh net-list --all --name 2>/dev/null)" ]; then
-                say "leaving libvirtd (pid $pid) running: it has domains or networks of others"
+            if [ $d = libvirtd ] && [ -n "$(virsh list --name 2>/dev/null; virsh net-list --name 2>/dev/null)" ]; then
+                say "leaving libvirtd (pid $pid) running: VMs or networks of others run in it"
                 return 0
             fi
             kill -TERM "$pid"
@@ -280,7 +289,7 @@ choose_box() {
         fi
         if curl -fsSL -m 15 -o /dev/null -H 'Accept: application/json' "https://vagrantcloud.com/$PUBLIC_BOX" 2>/dev/null; then
             say "downloading $PUBLIC_BOX"
-            if run 900 vagrant box add --provider libvirt "$PUBLIC_BOX"; then
+            if run 900 vagrant box add --provider libvirt "$PUBLIC_BOX" > >(vagrant_log "$RUN/box.log") 2>&1; then
                 BOX=$PUBLIC_BOX
                 return
             fi
@@ -299,7 +308,8 @@ choose_box() {
     say "building the local box $BOX (inputs changed or not built yet)"
     local file=$CACHE/bookworm-local-$key.box
     run 1200 "$REPO/vagrant/build-box.sh" build "$file" || die "could not build the box"
-    run 300 vagrant box add --force --name "$BOX" "$file" || die "vagrant box add $file failed"
+    run 300 vagrant box add --force --name "$BOX" "$file" > >(vagrant_log "$RUN/box.log") 2>&1 ||
+        die "vagrant box add $file failed"
     rm -f "$file"
     local old
     for old in "$(box_dir bloom/bookworm-local)"-*; do
@@ -309,6 +319,21 @@ choose_box() {
 }
 
 # --------------------------------------------------------------------- diagnostics
+
+# Output filters (process substitutions): they ignore Ctrl-C and SIGTERM and end with their
+# input, so that the clean-up's messages still have somewhere to go.
+# tee_log FILE: to the terminal and to FILE
+tee_log() {
+    trap '' INT TERM
+    tee -a "$1"
+}
+
+# vagrant's output, without its progress bars, each line with the run's clock, also to file $1
+vagrant_log() {
+    trap '' INT TERM
+    sed -u -E 's/\x1b\[K(Progress: [^\x1b]*)?//g; s/\r//g' |
+        while IFS= read -r line; do printf '[%4ds] %s\n' $((SECONDS - T0)) "$line"; done | tee -a "$1"
+}
 
 show_console() {
     say "the end of the VM's serial console ($BLOOM_VAGRANT_SERIAL_LOG):"
@@ -330,21 +355,27 @@ show_journal() {
     ssh -F "$SSH_CONFIG" -o ConnectTimeout=20 default \
         "sudo journalctl -b --no-pager -o short-precise -n 150 -u bloom-agent -u bloom-agent.socket" 2>&1 |
         sed 's/^/  | /' >&2 || true
-    say "the last 60 lines of the whole journal in the VM:"
+    say "the end of the whole journal in the VM (without sudo's lines):"
     ssh -F "$SSH_CONFIG" -o ConnectTimeout=20 default \
-        "sudo journalctl -b --no-pager -o short-precise -n 60" 2>&1 | sed 's/^/  | /' >&2 || true
+        "sudo journalctl -b --no-pager -o short-precise -n 400 | grep -v ' sudo\[' | tail -n 60" 2>&1 |
+        sed 's/^/  | /' >&2 || true
 }
 
 # --------------------------------------------------------------------- main
 
 finish() {
     local rc=$?
+    exec 1>&7 2>&8  # a trap may run inside a redirected call (run ... > >(vagrant_log ...))
     # the clean-up runs to its end (a SIGKILL leaves it to the next run)
     trap 'say "signal ignored: cleaning up"' INT TERM
+    cleaning=1
     [ -n "$child" ] && end_group "$child" "$child_start"
-    [ -n "$watchdog" ] && kill -- "-$watchdog" 2>/dev/null
     if [ "${main_started:-}" = 1 ]; then
         phase destroy
+        if [ "${BLOOM_VAGRANT_KEEP:-}" = 1 ]; then
+            say "BLOOM_VAGRANT_KEEP=1: the VM stays; ssh -F $SSH_CONFIG default; remove it with: make vagrant-clean"
+            exit $rc
+        fi
         if [ -d "$VAGRANT_DOTFILE_PATH/machines" ]; then
             [ -f "$SSH_CONFIG" ] && { ssh -F "$SSH_CONFIG" -O exit default >/dev/null 2>&1 || true; }
             run 180 vagrant destroy -f >"$RUN/vagrant-destroy.log" 2>&1 ||
@@ -371,6 +402,7 @@ lock() {
 }
 
 main() {
+    exec 7>&1 8>&2
     lock
     trap finish EXIT
     trap 'interrupted INT 2' INT
@@ -386,8 +418,9 @@ main() {
 
     DEB=${BLOOM_DEB:-$(ls -t "$REPO"/dist/bloom-agent_*_all.deb 2>/dev/null | head -n 1)}
     [ -n "$DEB" ] && [ -f "$DEB" ] || die "no package: build it with make deb (or set BLOOM_DEB)"
-    export BLOOM_DEB=$(readlink -f "$DEB")
-    export BLOOM_VAGRANT_DRIVER=$(driver)
+    BLOOM_DEB=$(readlink -f "$DEB")
+    BLOOM_VAGRANT_DRIVER=$(driver)
+    export BLOOM_DEB BLOOM_VAGRANT_DRIVER
 
     phase box
     choose_box
@@ -396,7 +429,8 @@ main() {
 
     phase up
     create_pool
-    if ! run 900 vagrant up --provider=libvirt > >(tee "$RUN/vagrant-up.log") 2>&1; then
+    rm -f "/var/log/libvirt/qemu/$DOMAIN.log"  # qemu's own log: this run's only
+    if ! run 900 vagrant up --provider=libvirt > >(vagrant_log "$RUN/vagrant-up.log") 2>&1; then
         show_console
         die "vagrant up failed (log: $RUN/vagrant-up.log)"
     fi
@@ -409,9 +443,9 @@ main() {
     local tests=${BLOOM_VAGRANT_TESTS:-$DEFAULT_TESTS} selection=()
     [ "$tests" = all ] || selection=(-k "$tests")
     # shellcheck disable=SC2086
-    if ! run 1200 /usr/bin/python3 -m pytest tests/integration -v -rA \
+    if ! run 1200 /usr/bin/python3 -m pytest tests/integration -v -ra \
             --hosts ssh://default --ssh-config "$SSH_CONFIG" "${selection[@]}" ${PYTEST_ARGS:-} \
-            > >(tee "$RUN/pytest.log") 2>&1; then
+            > >(tee_log "$RUN/pytest.log") 2>&1; then
         show_journal
         die "tests failed in the VM (log: $RUN/pytest.log)"
     fi
