@@ -261,14 +261,9 @@ class Switcher:
             return OK
         # OLD should never have stopped. If it has and cannot come back, NEW (whatever its state)
         # stays: something that may serve beats nothing that will.
-        if not self.systemd.status(dep.old_unit).active and await self.systemd.start(dep.old_unit) != "done":
-            why = f"{dep.old} is not running either ({self.systemd.status(dep.old_unit).describe()}); {dep.new} left running"
-            await self.systemd.stop(dep.old_unit)  # or systemd keeps restarting it behind our back
-            return self._degrade(dep, why)
-        await self.systemd.stop(dep.new_unit)
-        self.store.set_app_state(app.name, current=dep.old)
-        if self.units.point_socket(app, versions.instance(dep.old), trial=False):
-            await self._reload(dep)
+        if not self.systemd.status(dep.old_unit).active and not await self._start_old(dep):
+            return FAIL
+        await self._hand_back_to_old(dep)
         return OK
 
     async def _rolling_back(self, dep: Deployment) -> str:
@@ -279,19 +274,30 @@ class Switcher:
             dep.reason += "; no earlier release to go back to, so the app is stopped"
             return OK
         # The reverse swap: OLD beside NEW and ready, NEW stopped, then the socket back to OLD.
+        if not await self._start_old(dep):
+            return FAIL
+        await self._hand_back_to_old(dep)
+        return OK
+
+    async def _start_old(self, dep: Deployment) -> bool:
+        """Start OLD again; if it will not come up, stop it (or systemd keeps restarting it behind
+        our back), mark the app degraded and leave NEW where it is."""
         result = await self.systemd.start(dep.old_unit)
-        if result != "done" or not self.systemd.status(dep.old_unit).active:
-            why = (f"cannot start {dep.old} again ({result}; {self.systemd.status(dep.old_unit).describe()}); "
-                   f"{dep.new} keeps serving")
-            await self.systemd.stop(dep.old_unit)  # or systemd keeps restarting it behind our back
-            return self._degrade(dep, why)
+        if result == "done" and self.systemd.status(dep.old_unit).active:
+            return True
+        why = (f"cannot start {dep.old} again ({result}; {self.systemd.status(dep.old_unit).describe()}); "
+               f"{dep.new} left running")
+        await self.systemd.stop(dep.old_unit)
+        self._degrade(dep, why)
+        return False
+
+    async def _hand_back_to_old(self, dep: Deployment) -> None:
         # NEW goes before the pointer moves back: like the forward switch, the daemon-reload must not
         # stand between a misbehaving release and its removal.
         await self.systemd.stop(dep.new_unit)
-        self.store.set_app_state(app.name, current=dep.old)
-        if self.units.point_socket(app, versions.instance(dep.old), trial=False):
+        self.store.set_app_state(dep.app.name, current=dep.old)
+        if self.units.point_socket(dep.app, versions.instance(dep.old), trial=False):
             await self._reload(dep)
-        return OK
 
     def _degrade(self, dep: Deployment, why: str) -> str:
         dep.reason = f"{dep.reason}; {why}" if dep.reason else why
