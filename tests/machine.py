@@ -401,9 +401,22 @@ class Machine:
             input: str | None = None) -> subprocess.CompletedProcess:
         """Run a shell command in the machine over ssh, as the ssh user."""
         args = ["ssh", *self._ssh_args(), self._ssh_dest(), command]
-        return subprocess.run(args, capture_output=True, text=True, check=check,
-                              timeout=timeout, input=input,
-                              stdin=None if input is not None else subprocess.DEVNULL)
+        stdin = None if input is not None else subprocess.DEVNULL
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
+                              input=input, stdin=stdin)
+        if proc.returncode == 255:
+            # ssh's own failure (the connection, not the command): one more try on a
+            # connection of its own, verbose, so that a failure says why
+            print(f"{self._ssh_dest()}: ssh failed (255), trying once more without "
+                  f"multiplexing: {proc.stderr.strip()!r}", file=sys.stderr)
+            args = ["ssh", *self._ssh_args(), "-o", "ControlMaster=no", "-o", "ControlPath=none",
+                    "-o", "LogLevel=VERBOSE", self._ssh_dest(), command]
+            proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
+                                  input=input, stdin=stdin)
+        if check and proc.returncode != 0:
+            raise MachineError(f"{self._ssh_dest()}: {command!r} exited with {proc.returncode}:\n"
+                               f"{proc.stdout}{proc.stderr}")
+        return proc
 
     def put(self, local, remote: str) -> None:
         """Copy a local file or directory into the machine (scp over the ssh config)."""
