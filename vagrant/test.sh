@@ -48,7 +48,7 @@ PUBLIC_BOX=debian/bookworm64
 # probation. About 3 minutes under software emulation; "all" takes much longer.
 DEFAULT_TESTS="test_systemd_is_pid_1 or test_agent_active_after_apt_install or test_type_notify \
 or test_bloomctl_status_for_root or test_first_deploy or test_switch_under_load \
-or test_crash_during_probation or test_reboot_during_probation"
+or test_crash_during_probation or test_release_dead_before_probation or test_reboot_during_probation"
 HOST_PACKAGES=(vagrant vagrant-libvirt libvirt-daemon-system libvirt-daemon-driver-qemu
                libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base iptables ebtables
                openssh-client mmdebstrap e2fsprogs curl)

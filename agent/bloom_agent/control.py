@@ -90,7 +90,8 @@ class ControlServer:
     async def _read_request(self, reader: asyncio.StreamReader) -> bytes:
         limit = self._max_request_bytes
         try:
-            line = await asyncio.wait_for(reader.readuntil(b"\n"), REQUEST_READ_TIMEOUT)
+            async with asyncio.timeout(REQUEST_READ_TIMEOUT):
+                line = await reader.readuntil(b"\n")
         except asyncio.LimitOverrunError:
             raise RequestTooLarge(f"request larger than {limit} bytes (agent.max_request_bytes)") from None
         except asyncio.IncompleteReadError as exc:

@@ -121,7 +121,10 @@ class Target:
 async def run_check(spec: CheckSpec, target: Target) -> CheckResult:
     began = time.monotonic()
     try:
-        ok, detail = await asyncio.wait_for(_RUNNERS[spec.type](spec, target), spec.timeout_sec)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that meets
+        # an inner task just finished (an instant memory check), and the monitor would run on forever.
+        async with asyncio.timeout(spec.timeout_sec):
+            ok, detail = await _RUNNERS[spec.type](spec, target)
     except asyncio.TimeoutError:
         ok, detail = False, f"no answer within {spec.timeout_sec:g} s"
     except OSError as exc:

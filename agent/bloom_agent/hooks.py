@@ -27,7 +27,8 @@ async def _run_one(event: str, command: str, data: bytes) -> dict:
     proc = await asyncio.create_subprocess_shell(command, stdin=asyncio.subprocess.PIPE,
                                                  stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(data), HOOK_TIMEOUT_SEC)
+        async with asyncio.timeout(HOOK_TIMEOUT_SEC):
+            out, _ = await proc.communicate(data)
     except asyncio.TimeoutError:
         proc.kill()
         await proc.wait()

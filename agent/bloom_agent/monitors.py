@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 SUPPRESSED_MESSAGE_ID = "a596d6fe7bfa4994828e72309e95d61e"
 _SUPPRESSED = re.compile(r"Suppressed (\d+) messages from (\S+)")
 WINDOW_SEC = 60.0
+MONITOR_STOP_SEC = 5.0  # a cancelled monitor stops at its next await; this only bounds a bug
 STATUS_ATTEMPTS = 20  # 0.5 s apart: a D-Bus error lasting 10 s fails the unit monitor
 
 
@@ -178,4 +179,9 @@ async def probation(monitors: list[Monitor], seconds: float, abort: asyncio.Even
     finally:
         for task in (*tasks, aborted):
             task.cancel()
-        await asyncio.gather(*tasks, aborted, return_exceptions=True)
+        # Bounded: a monitor that ignores its cancellation must not hold the deployment (and the
+        # app's lock) forever; it is left behind, and said.
+        _, stuck = await asyncio.wait({*tasks, aborted}, timeout=MONITOR_STOP_SEC)
+        for task in stuck:
+            name = tasks[task].name if task in tasks else "abort"
+            log.error("the %s monitor did not stop within %g s; left running", name, MONITOR_STOP_SEC)

@@ -117,7 +117,9 @@ class Switcher:
         while step not in TERMINAL:
             dep.step = step
             self.store.record_step(dep.id, str(step))  # written before the step's I/O
-            failpoints.hit(str(step))
+            pause = failpoints.hit(str(step))
+            if pause:
+                await asyncio.sleep(pause)
             progress({"step": str(step), "version": dep.new, "from": dep.old})
             began = time.monotonic()
             try:

@@ -174,7 +174,8 @@ class PystemdSystemd:
         self._kick()
         while True:
             try:
-                return await asyncio.wait_for(asyncio.shield(future), JOB_RECHECK_SEC)
+                async with asyncio.timeout(JOB_RECHECK_SEC):
+                    return await asyncio.shield(future)
             except asyncio.TimeoutError:
                 pass
             # Safety net: sd-bus may hold a JobRemoved in its queue with nothing left on the socket to
@@ -271,7 +272,8 @@ class PystemdSystemd:
         event = asyncio.Event()
         self._watchers.setdefault(path, set()).add(event)
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: see healthchecks.run_check
+                await event.wait()
             return True
         except asyncio.TimeoutError:
             return False

@@ -8,7 +8,7 @@ run side by side on the same socket.  It tells systemd when it is ready
 misbehave on purpose through ``faults.json`` in its release directory.
 
 Standard library only (Python 3.11).  Exit codes: 0 clean stop, 1 crash
-(fault ``crash_after_sec``), 2 failed to boot (bad faults.json, no VERSION,
+(fault ``crash_after_sec``; ``crash_exit_code`` chooses another), 2 failed to boot (bad faults.json, no VERSION,
 no sockets).
 """
 
@@ -80,6 +80,7 @@ FAULT_KEYS = {
     "startup_delay_sec": NUMBER,
     "never_ready": BOOL,
     "crash_after_sec": NUMBER,
+    "crash_exit_code": NUMBER,
     "stop_watchdog_after_sec": NUMBER,
     "error_log_per_sec": NUMBER,
     "warn_log_per_sec": NUMBER,
@@ -416,8 +417,9 @@ class SampleApp:
             reference = self.ready_at if self.ready_at is not None else self.started
             if crash_after is not None and (self.ready_at is not None or never_ready) \
                     and now >= reference + crash_after:
-                log_err(f"fault crash_after_sec={crash_after}: crashing with exit code 1")
-                return EXIT_CRASH
+                code = int(self.faults.get("crash_exit_code", EXIT_CRASH))
+                log_err(f"fault crash_after_sec={crash_after}: crashing with exit code {code}")
+                return code
 
     def start_serving(self) -> None:
         for sock in self.listeners:

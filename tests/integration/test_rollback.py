@@ -7,7 +7,7 @@ import time
 import pytest
 
 from test_agent_package import wait_until
-from test_switch import App
+from test_switch import App, agent_failpoints
 
 pytestmark = pytest.mark.usefixtures("installed")
 
@@ -115,6 +115,23 @@ def test_each_trigger_rolls_back_with_exit_3(api, faults, reason):
     assert reason in record["reason"]
     hook = json.loads(api.host.check_output("cat /tmp/hook-rollback.json"))
     assert (hook["event"], hook["version"], hook["outcome"]) == ("rollback", version, "rolled-back")
+
+
+def test_release_dead_before_probation_begins_is_rolled_back(api):
+    """NEW crashes while the agent is still between steps (on a slow host, in the daemon-reload; here a
+    pause before probation): probation's first look finds it dead, and its other monitors
+    (instant memory and tasks checks among them) must stop for the rollback to go on."""
+    current = api.status()["current"]
+    with agent_failpoints(api.host):
+        api.host.check_output("echo 'probation pause 3' > /run/bloom-failpoint")
+        # exit 0: Restart=on-failure leaves it stopped, so the first look surely finds it dead
+        out, _ = api.deploy("2.0.6", {"crash_after_sec": 1, "crash_exit_code": 0})
+        assert not api.host.file("/run/bloom-failpoint").exists, "the failpoint was hit"
+    assert out.rc == 3, out.stdout + out.stderr
+    assert "probation: crash: api@2.0.6.service" in out.stderr
+    assert api.serving() == f"sampleapp {current}"
+    assert api.running() == [f"api@{current}.service"]
+    assert api.history()[0]["outcome"] == "rolled-back"
 
 
 def test_error_patterns_catch_errors_logged_at_info(api):

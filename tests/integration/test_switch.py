@@ -1,5 +1,6 @@
 """Releases and the zero-downtime switch on real systemd, with the sample app's good and bad releases."""
 
+import contextlib
 import io
 import json
 import sys
@@ -231,15 +232,24 @@ KILL_STEPS = {
 }
 
 
+@contextlib.contextmanager
+def agent_failpoints(host):
+    """The agent restarted with failpoints on (/run/bloom-failpoint, see bloom_agent.failpoints)."""
+    host.check_output("mkdir -p /run/systemd/system/bloom-agent.service.d && printf '[Service]\\n"
+                      "Environment=BLOOM_FAILPOINT_FILE=/run/bloom-failpoint\\n' "
+                      "> /run/systemd/system/bloom-agent.service.d/failpoint.conf && systemctl daemon-reload "
+                      "&& systemctl restart bloom-agent")
+    try:
+        yield
+    finally:
+        host.check_output("rm -rf /run/systemd/system/bloom-agent.service.d /run/bloom-failpoint "
+                          "&& systemctl daemon-reload && systemctl restart bloom-agent")
+
+
 @pytest.fixture(scope="module")
 def failpoints(app):
-    app.host.check_output("mkdir -p /run/systemd/system/bloom-agent.service.d && printf '[Service]\\n"
-                          "Environment=BLOOM_FAILPOINT_FILE=/run/bloom-failpoint\\n' "
-                          "> /run/systemd/system/bloom-agent.service.d/failpoint.conf && systemctl daemon-reload "
-                          "&& systemctl restart bloom-agent")
-    yield
-    app.host.check_output("rm -rf /run/systemd/system/bloom-agent.service.d /run/bloom-failpoint "
-                          "&& systemctl daemon-reload && systemctl restart bloom-agent")
+    with agent_failpoints(app.host):
+        yield
 
 
 @pytest.mark.parametrize("step", list(KILL_STEPS))

@@ -199,3 +199,58 @@ def test_python_entry_point_check(tmp_path, monkeypatch):
     missing = parse_checks([{"type": "python", "entry_point": "nope"}], Path("a.toml"), ())[0]
     assert "no entry point 'nope'" in asyncio.run(run_check(missing, _target())).detail
     sys.modules.pop("mychecks_mod", None)
+
+
+class TripsAtOnce:
+    name = "unit"
+
+    async def watch(self):
+        return "crash: already dead"
+
+
+def test_probation_ends_when_a_release_is_dead_before_it_starts():
+    """NEW may crash while the agent is still in the daemon-reload: the unit monitor trips on its first
+    look, while an instant check (memory, tasks) is just completing. Python 3.11's wait_for swallows a
+    cancellation that meets a finished inner task, which left such a check looping forever and
+    probation waiting for it."""
+    spec = parse_checks([{"type": "memory", "memory_threshold_bytes": 1 << 30, "interval_sec": 0.01}],
+                        Path("a.toml"), ())[0]
+    target = Target("a", "1.0.0", "a@1.0.0.service", lambda unit: {"memory": 100, "tasks": 2})
+
+    async def run():
+        checks = [monitors.CheckMonitor(spec, target) for _ in range(3)]
+        return await asyncio.wait_for(monitors.probation([*checks, TripsAtOnce()], 30, asyncio.Event()), 5)
+
+    for _ in range(20):
+        assert asyncio.run(run()) == "crash: already dead"
+
+
+class IgnoresCancel:
+    """Ignores cancellation for a while (long past MONITOR_STOP_SEC), then stops."""
+
+    name = "stubborn"
+    finished = False
+
+    async def watch(self):
+        until = asyncio.get_running_loop().time() + 0.5
+        while asyncio.get_running_loop().time() < until:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                pass
+        self.finished = True
+        return "never read"
+
+
+def test_probation_does_not_wait_forever_for_a_monitor_that_will_not_stop(monkeypatch, caplog):
+    monkeypatch.setattr(monitors, "MONITOR_STOP_SEC", 0.1)
+
+    stubborn = IgnoresCancel()
+
+    async def run():
+        trip = await monitors.probation([stubborn, TripsAtOnce()], 30, asyncio.Event())
+        return trip, stubborn.finished
+
+    trip, stubborn_had_finished = asyncio.run(run())
+    assert trip == "crash: already dead" and not stubborn_had_finished
+    assert "the stubborn monitor did not stop within 0.1 s" in caplog.text

@@ -278,6 +278,9 @@ def test_fault_crash_after_sec(release, start):
     inst = start(release(faults={"crash_after_sec": 0.3}))
     assert inst.proc.wait(timeout=5) == 1
     assert "<3>" in inst.stderr()
+    clean = start(release("1.0.1", faults={"crash_after_sec": 0.3, "crash_exit_code": 0}))
+    assert clean.proc.wait(timeout=5) == 0
+    assert "crashing with exit code 0" in clean.stderr()
 
 
 def test_fault_never_ready(release, listener, start):
