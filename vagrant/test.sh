@@ -450,7 +450,7 @@ main() {
     # ends the run after 10 rather than at CI's limit. Other choices get the run's deadline.
     local limit=600
     [ -z "${BLOOM_VAGRANT_TESTS:-}" ] || limit=$TIMEOUT
-    if ! run "$limit" /usr/bin/python3 -m pytest tests/integration -v -ra \
+    if ! run "$limit" /usr/bin/python3 -m pytest tests/integration -v -ra --durations=10 \
             --hosts ssh://default --ssh-config "$SSH_CONFIG" "${selection[@]}" ${PYTEST_ARGS:-} \
             > >(tee_log "$RUN/pytest.log") 2>&1; then
         show_journal

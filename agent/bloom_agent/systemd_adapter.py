@@ -73,6 +73,10 @@ class SystemdUnavailable(BloomError):
     code = "systemd_unavailable"
 
 
+class SystemdCallFailed(BloomError):
+    code = "systemd_call_failed"
+
+
 class NoSystemd:
     """Stands in when the agent runs where systemd is not reachable (by hand, in a build chroot)."""
 
@@ -98,16 +102,6 @@ def connect() -> "PystemdSystemd | NoSystemd":
     except Exception as exc:  # no system bus, no permission: run on, and say so where it matters
         log.warning("systemd not reachable over D-Bus: %s; app operations are unavailable", exc)
         return NoSystemd(str(exc))
-
-
-def _reload_on_own_bus() -> None:
-    from pystemd.dbuslib import DBus
-    from pystemd.systemd1 import Manager
-
-    with DBus() as bus:  # sd-bus connections are not shared between threads
-        manager = Manager(bus=bus)
-        manager.load()
-        manager.Manager.Reload()
 
 
 class PystemdSystemd:
@@ -200,9 +194,17 @@ class PystemdSystemd:
         return await self._job("StopUnit", unit)
 
     async def daemon_reload(self) -> None:
-        """Reload takes from 0.1 s to seconds on a busy host: on a bus of its own, in a thread, so the
-        loop keeps answering requests and pinging the watchdog meanwhile."""
-        await asyncio.to_thread(_reload_on_own_bus)
+        """Reload takes from 0.1 s to seconds on a busy host, and longer on a slow one: done by
+        systemctl in a child process, so the loop keeps answering requests and pinging the watchdog
+        meanwhile. (Not pystemd in a thread: its calls hold the GIL until systemd answers.)"""
+        proc = await asyncio.create_subprocess_exec(
+            "systemctl", "daemon-reload", stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise SystemdCallFailed(f"systemctl daemon-reload exited with {proc.returncode}: "
+                                    f"{err.decode(errors='replace').strip()}",
+                                    hint="see systemd's journal (journalctl -b _PID=1)")
 
     def enable(self, unit: str) -> None:
         self._manager.Manager.EnableUnitFiles([unit.encode()], False, True)
