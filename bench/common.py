@@ -94,6 +94,18 @@ def install_agent(m, deb: Path, scripts=("drive.py", "reqlog.lua")) -> None:
         m.put(BENCH / name, f"{REMOTE}/{name}")
 
 
+def run_itself_inside(m, script: str, args: list[str] = (), timeout: float = 600) -> int:
+    """For the scripts that measure inside the machine: copy ``script`` there, run it with
+    ``--inside``, print what it printed; its exit code."""
+    remote = f"/root/{Path(script).name}"
+    m.put(script, remote)
+    proc = m.run(["/usr/bin/python3", remote, "--inside", *args], timeout=timeout)
+    print(proc.stdout, end="")
+    if proc.returncode:
+        print(proc.stderr, file=sys.stderr)
+    return proc.returncode
+
+
 def put_release(m, work: Path, version: str, faults: dict | None = None, app: str = "web") -> str:
     """Build a release of the sample app on the host and copy it (and its .sha256) in."""
     built = make_release(version, work / "releases", faults=faults)

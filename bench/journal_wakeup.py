@@ -57,16 +57,11 @@ def inside() -> int:
 def main() -> int:
     if "--inside" in sys.argv:
         return inside()
-    from common import check_host, machine
+    from common import check_host, machine, run_itself_inside
 
     check_host()
     with machine() as m:
-        m.put(__file__, "/root/journal_wakeup.py")
-        proc = m.run(["/usr/bin/python3", "/root/journal_wakeup.py", "--inside"], timeout=120)
-        print(proc.stdout, end="")
-        if proc.returncode:
-            print(proc.stderr, file=sys.stderr)
-        return proc.returncode
+        return run_itself_inside(m, __file__, timeout=120)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.inside:
         return inside(args.rounds)
-    from common import check_host, install_agent, machine, newest_deb, say
+    from common import check_host, install_agent, machine, newest_deb, run_itself_inside, say
 
     check_host()
     with machine() as m:
@@ -92,13 +92,7 @@ def main() -> int:
         m.run(f"for i in $(seq {args.units}); do printf '[Service]\\nExecStart=/bin/true\\n' "
               f"> /etc/systemd/system/bench-dummy-$i.service; done", check=True)
         say(f"{args.units} dummy units; {args.rounds} reloads each way")
-        m.put(__file__, "/root/reload_stall.py")
-        proc = m.run(["/usr/bin/python3", "/root/reload_stall.py", "--inside", "--rounds", str(args.rounds)],
-                     timeout=600)
-        print(proc.stdout, end="")
-        if proc.returncode:
-            print(proc.stderr, file=sys.stderr)
-        return proc.returncode
+        return run_itself_inside(m, __file__, ["--rounds", str(args.rounds)])
 
 
 if __name__ == "__main__":
