@@ -75,7 +75,8 @@ deps:
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
-test: unit integration
+# What CI runs (.ci/run): the fast layers first, the VM last.
+test: unit integration vagrant-test
 
 # pytest's exit code 5 means "no tests collected": a filter (PYTEST_ARGS=-k ...) that matches
 # nothing in one suite is not a failure of the run.
@@ -88,5 +89,5 @@ integration: deps deb lint-deb
 demo: deps deb
 	$(PYTHON) scripts/demo.py --deb $(DEB_FILE)
 
-# Integration tests in a whole VM (not part of `make test`; see docs/testing.md).
+# Integration tests in a whole VM (the last part of `make test`; see docs/testing.md).
 include vagrant/vagrant.mk
