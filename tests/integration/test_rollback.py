@@ -7,7 +7,7 @@ import time
 import pytest
 
 from test_agent_package import wait_until
-from test_switch import App, agent_failpoints
+from test_switch import App, agent_failpoints, ready_timeout, start_load, stop_load
 
 pytestmark = pytest.mark.usefixtures("installed")
 
@@ -15,7 +15,7 @@ API_FILE = """\
 listen = ["127.0.0.1:8081"]
 exec = "bin/sampleapp"
 probation_sec = {probation}
-ready_timeout_sec = 5
+ready_timeout_sec = {ready}
 stop_timeout_sec = 10
 watchdog_sec = 2
 max_error_rate_per_minute = 20
@@ -50,7 +50,8 @@ class Api(App):
 
     def configure(self, probation: float = 6, patterns: str = "[]", memory: int = 2**30, tasks: int = 200,
                   extra: str = "") -> None:
-        text = API_FILE.format(probation=probation, patterns=patterns, memory=memory, tasks=tasks) + extra
+        text = API_FILE.format(probation=probation, patterns=patterns, memory=memory, tasks=tasks,
+                               ready=ready_timeout(self.machine, 5)) + extra
         self.host.check_output(f"cat > /etc/bloom/apps/api.toml <<'EOF'\n{text}EOF")
         self.host.check_output("bloomctl reload")
 
@@ -154,11 +155,10 @@ def test_healthy_release_with_warnings_and_one_slow_request_stays(api):
 
 def test_no_request_fails_during_automatic_rollback_under_load(api):
     current = api.status()["current"]
-    api.host.check_output("rm -f /tmp/wrk-api.out; (wrk -t2 -c40 -d12s http://127.0.0.1:8081/ > /tmp/wrk-api.out 2>&1 &)")
-    time.sleep(1)
+    start_load(api.host, "http://127.0.0.1:8081/", "/tmp/wrk-api.out")
     out, _ = api.deploy("2.3.0", {"error_log_per_sec": 20})
+    wrk = stop_load(api.host, "/tmp/wrk-api.out")
     assert out.rc == 3 and "journal error rate" in out.stderr
-    wrk = wait_until(lambda: (t := api.host.check_output("cat /tmp/wrk-api.out")) and "Requests/sec" in t and t, 30, "wrk")
     assert "Socket errors" not in wrk, wrk
     assert "Non-2xx" not in wrk, wrk
     assert api.serving() == f"sampleapp {current}"
