@@ -45,7 +45,7 @@ LOCK=/run/lock/$NAME.lock
 PUBLIC_BOX=debian/bookworm64
 # The subset run by default (see docs/testing.md): install, agent active under systemd, a
 # deploy, a zero-downtime switch under load, an automatic rollback, and a real reboot during
-# probation. About 3 minutes under software emulation; "all" takes much longer.
+# probation. About 4-5 minutes under software emulation; "all" takes much longer.
 DEFAULT_TESTS="test_systemd_is_pid_1 or test_agent_active_after_apt_install or test_type_notify \
 or test_bloomctl_status_for_root or test_first_deploy or test_switch_under_load \
 or test_crash_during_probation or test_release_dead_before_probation or test_reboot_during_probation"
@@ -446,7 +446,7 @@ main() {
     local tests=${BLOOM_VAGRANT_TESTS:-$DEFAULT_TESTS} selection=()
     [ "$tests" = all ] || selection=(-k "$tests")
     # shellcheck disable=SC2086
-    # The default subset takes 2.5-3.5 minutes: a hung command (testinfra has no time limit)
+    # The default subset takes 4-5 minutes: a hung command (testinfra has no time limit)
     # ends the run after 10 rather than at CI's limit. Other choices get the run's deadline.
     local limit=600
     [ -z "${BLOOM_VAGRANT_TESTS:-}" ] || limit=$TIMEOUT
