@@ -80,8 +80,9 @@ class Agent:
         tick = min(self.notifier.watchdog_interval or IDLE_TICK, IDLE_TICK)
         while not self._stopping:
             try:
-                sig = await asyncio.wait_for(self._signals.get(), timeout=tick)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(tick):
+                    sig = await self._signals.get()
+            except TimeoutError:
                 sig = None
             self.notifier.watchdog()
             if sig is not None:
