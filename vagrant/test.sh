@@ -445,11 +445,11 @@ main() {
     phase tests
     local tests=${BLOOM_VAGRANT_TESTS:-$DEFAULT_TESTS} selection=()
     [ "$tests" = all ] || selection=(-k "$tests")
-    # shellcheck disable=SC2086
     # The default subset takes 4-5 minutes: a hung command (testinfra has no time limit)
     # ends the run after 10 rather than at CI's limit. Other choices get the run's deadline.
     local limit=600
     [ -z "${BLOOM_VAGRANT_TESTS:-}" ] || limit=$TIMEOUT
+    # shellcheck disable=SC2086
     if ! run "$limit" /usr/bin/python3 -m pytest tests/integration -v -ra --durations=10 \
             --hosts ssh://default --ssh-config "$SSH_CONFIG" "${selection[@]}" ${PYTEST_ARGS:-} \
             > >(tee_log "$RUN/pytest.log") 2>&1; then

@@ -156,8 +156,10 @@ def test_healthy_release_with_warnings_and_one_slow_request_stays(api):
 def test_no_request_fails_during_automatic_rollback_under_load(api):
     current = api.status()["current"]
     start_load(api.host, "http://127.0.0.1:8081/", "/tmp/wrk-api.out")
-    out, _ = api.deploy("2.3.0", {"error_log_per_sec": 20})
-    wrk = stop_load(api.host, "/tmp/wrk-api.out")
+    try:
+        out, _ = api.deploy("2.3.0", {"error_log_per_sec": 20})
+    finally:
+        wrk = stop_load(api.host, "/tmp/wrk-api.out")
     assert out.rc == 3 and "journal error rate" in out.stderr
     assert "Socket errors" not in wrk, wrk
     assert "Non-2xx" not in wrk, wrk

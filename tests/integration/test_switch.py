@@ -108,8 +108,10 @@ def stop_load(host, out: str) -> str:
 def test_switch_under_load_loses_no_request(app):
     app.host.check_output("bloomctl install web " + app.release("1.1.0"))
     start_load(app.host, "http://127.0.0.1:8080/", "/tmp/wrk.out")
-    out = app.bloomctl("switch web 1.1.0")
-    wrk = stop_load(app.host, "/tmp/wrk.out")
+    try:
+        out = app.bloomctl("switch web 1.1.0")
+    finally:
+        wrk = stop_load(app.host, "/tmp/wrk.out")
     assert out.rc == 0, out.stderr
     assert "Socket errors" not in wrk, wrk
     assert "Non-2xx" not in wrk, wrk
