@@ -123,6 +123,10 @@ APP_FIELDS = [
     Field("sandbox", bool, True),
     Field("read_write_paths", list, [], _check_paths),
     Field("private_network", bool, False),
+    # journald's per-unit rate limit (unset: journald's own). A release over it has its lines dropped
+    # and a "Suppressed N messages" entry, which probation counts as N errors: chatty apps raise it.
+    Field("log_rate_limit_interval_sec", float, None, _check_non_negative),
+    Field("log_rate_limit_burst", int, None, _check_non_negative),
     # Probation monitors (the unit's crashes, restarts and watchdog are always watched).
     Field("max_error_rate_per_minute", int, 20, _check_non_negative),
     Field("error_patterns", list, [], _check_patterns),
@@ -157,6 +161,8 @@ class AppConfig:
     sandbox: bool
     read_write_paths: tuple[str, ...]
     private_network: bool
+    log_rate_limit_interval_sec: float | None
+    log_rate_limit_burst: int | None
     max_error_rate_per_minute: int
     error_patterns: tuple[str, ...]
     health_checks: tuple[CheckSpec, ...]
@@ -217,6 +223,8 @@ def load_app(path: Path, releases_root: Path = DEFAULT_RELEASES_ROOT) -> AppConf
         sandbox=values["sandbox"],
         read_write_paths=tuple(values["read_write_paths"]),
         private_network=values["private_network"],
+        log_rate_limit_interval_sec=values["log_rate_limit_interval_sec"],
+        log_rate_limit_burst=values["log_rate_limit_burst"],
         max_error_rate_per_minute=values["max_error_rate_per_minute"],
         error_patterns=tuple(values["error_patterns"]),
         health_checks=parse_checks(values["health_check"], path, tuple(values["listen"])),

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from test_agent_package import wait_until
+from test_agent_package import show, wait_until
 from test_switch import App, agent_failpoints, ready_timeout, start_load, stop_load
 
 pytestmark = pytest.mark.usefixtures("installed")
@@ -23,7 +23,7 @@ error_patterns = {patterns}
 on_switch = ["cat > /tmp/hook-switch.json"]
 on_rollback = ["cat > /tmp/hook-rollback.json"]
 on_rollback_failure = ["cat > /tmp/hook-rollback-failure.json"]
-
+{top}
 [[health_check]]
 type = "http"
 interval_sec = 0.5
@@ -49,9 +49,10 @@ class Api(App):
         self.configure()
 
     def configure(self, probation: float = 6, patterns: str = "[]", memory: int = 2**30, tasks: int = 200,
-                  extra: str = "") -> None:
+                  extra: str = "", top: str = "") -> None:
+        """Write the app file: ``top`` goes among the top-level keys, ``extra`` at the end (tables)."""
         text = API_FILE.format(probation=probation, patterns=patterns, memory=memory, tasks=tasks,
-                               ready=ready_timeout(self.machine, 5)) + extra
+                               ready=ready_timeout(self.machine, 5), top=top) + extra
         self.host.check_output(f"cat > /etc/bloom/apps/api.toml <<'EOF'\n{text}EOF")
         self.host.check_output("bloomctl reload")
 
@@ -151,6 +152,18 @@ def test_healthy_release_with_warnings_and_one_slow_request_stays(api):
     assert api.serving() == "sampleapp 2.2.0"
     assert api.releases()["2.2.0"]["status"] == "current"
     assert json.loads(api.host.check_output("cat /tmp/hook-switch.json"))["version"] == "2.2.0"
+
+
+def test_log_rate_limit_reaches_the_release_unit(api):
+    api.configure(top="log_rate_limit_interval_sec = 10\nlog_rate_limit_burst = 50000\n")
+    try:
+        out, _ = api.deploy("2.2.1")
+        assert out.rc == 0, out.stderr
+        # what journald applies to the release's lines (its own defaults: 30 s, 10000)
+        assert show(api.host, "api@2.2.1.service", "LogRateLimitIntervalUSec", "LogRateLimitBurst") == {
+            "LogRateLimitIntervalUSec": "10s", "LogRateLimitBurst": "50000"}
+    finally:
+        api.configure()
 
 
 def test_no_request_fails_during_automatic_rollback_under_load(api):

@@ -78,6 +78,19 @@ def test_rendered_units(tmp_path):
     assert "ProtectSystem=strict\n" in service
 
 
+def test_log_rate_limit(tmp_path):
+    unset = unitfiles.render_service(apps.load_app(write(tmp_path, MINIMAL)))
+    assert "LogRateLimit" not in unset  # journald's own limits
+    off = apps.load_app(write(tmp_path, MINIMAL + "log_rate_limit_interval_sec = 0\n"))
+    assert (off.log_rate_limit_interval_sec, off.log_rate_limit_burst) == (0, None)
+    assert "LogRateLimitIntervalSec=0s\n" in unitfiles.render_service(off)
+    both = unitfiles.render_service(apps.load_app(write(
+        tmp_path, MINIMAL + "log_rate_limit_interval_sec = 2.5\nlog_rate_limit_burst = 50000\n")))
+    assert "LogRateLimitIntervalSec=2500ms\nLogRateLimitBurst=50000\n" in both
+    with pytest.raises(ConfigError, match="log_rate_limit_burst"):
+        apps.load_app(write(tmp_path, MINIMAL + "log_rate_limit_burst = -1\n"))
+
+
 def test_sandbox_opt_out_and_no_notify(tmp_path):
     app = apps.load_app(write(tmp_path, MINIMAL + "sandbox = false\nnotify = false\n"))
     service = unitfiles.render_service(app)
