@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tarfile
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -92,6 +93,20 @@ def install_agent(m, deb: Path, scripts=("drive.py", "reqlog.lua")) -> None:
     run(m, ["mkdir", "-p", "/etc/bloom/apps", "/root/releases", REMOTE])
     for name in scripts:
         m.put(BENCH / name, f"{REMOTE}/{name}")
+
+
+def finish(work: Path, res: dict, json_path: Path | None, keep_logs: bool, started: float) -> None:
+    """The end of a benchmark that keeps logs: the figures to --json, the logs kept (--keep-logs, for
+    --analyse) or removed."""
+    if json_path:
+        json_path.write_text(json.dumps(res, indent=1) + "\n")
+        say(f"figures written to {json_path}")
+    if keep_logs:
+        say(f"logs kept in {work}; analyse them again with --analyse {work}")
+    else:
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
+    say(f"done in {time.time() - started:.0f} s")
 
 
 def run_itself_inside(m, script: str, args: list[str] = (), timeout: float = 600) -> int:

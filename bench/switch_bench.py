@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (REMOTE, Windows, check_host, fetch_dir, fmt, git_describe, install_agent, logical_requests,
+from common import (REMOTE, Windows, check_host, fetch_dir, finish, fmt, git_describe, install_agent, logical_requests,
                     machine, machine_facts, ms, neighbours, newest_deb, percentile, put_release, read_connections,
                     run, say, stats, time_command)
 
@@ -630,15 +630,7 @@ def main(argv=None) -> int:
     (work / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     res = results(meta, reports)
     print_report(res)
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=1) + "\n")
-        say(f"figures written to {args.json}")
-    if args.keep_logs:
-        say(f"per-request logs kept in {work}; analyse them again with --analyse {work}")
-    else:
-        import shutil
-        shutil.rmtree(work, ignore_errors=True)
-    say(f"done in {time.time() - started:.0f} s")
+    finish(work, res, args.json, bool(args.keep_logs), started)
     return 0
 
 
