@@ -28,11 +28,16 @@ keep_releases = 4
 """
 
 
+def slow_host(machine) -> bool:
+    """An ssh host (the Vagrant VM, under software emulation here) rather than the nspawn machine."""
+    return not isinstance(machine, harness.NspawnMachine)
+
+
 def ready_timeout(machine, seconds: int) -> int:
     """A release's ready_timeout_sec for the tests: the sample app is ready within about a second
     on the nspawn machine, but takes 1-3 s to start in a VM under software emulation, more while
     a test loads it; there the limit is generous, as an operator would set it for a slow host."""
-    return seconds if isinstance(machine, harness.NspawnMachine) else 5 * seconds
+    return 5 * seconds if slow_host(machine) else seconds
 
 
 class App:
@@ -130,7 +135,7 @@ def test_switch_under_load_loses_no_request(app):
 def test_crash_during_probation_rolls_back_with_exit_3(app):
     # After the old release has stopped: half a second on the nspawn machine; a slow VM takes longer
     # from READY to its pre-switch check, and a crash before that is a failed start, not a rollback.
-    crash_after = 0.5 if isinstance(app.machine, harness.NspawnMachine) else 2
+    crash_after = 2 if slow_host(app.machine) else 0.5
     out = app.bloomctl("deploy web", app.release("1.2.0", {"crash_after_sec": crash_after}))
     assert out.rc == 3, out.stdout + out.stderr
     assert "rolled-back" in out.stderr and "the previous release was restored" in out.stderr
