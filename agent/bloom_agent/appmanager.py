@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from . import releases, versions
-from .apps import AppConfig, describe, load_apps
+from .apps import AppConfig, describe, load_apps, probation_warnings, refuse_shared_addresses
 from .auth import Caller
-from .errors import BloomError, InvalidArguments
+from .errors import BloomError, ConfigError, InvalidArguments
 from .healthchecks import Target, run_check
 from .hooks import run_hooks
 from .state import StateStore
@@ -68,6 +68,7 @@ class AppManager:
         self.switcher = Switcher(systemd, store, units)
         self.apps: dict[str, AppConfig] = {}
         self.app_errors: dict[str, str] = {}
+        self.app_warnings: list[str] = []
         self._holders: dict[str, Holder] = {}
         self._tasks: set[asyncio.Task] = set()
 
@@ -76,8 +77,12 @@ class AppManager:
     async def load(self) -> list[str]:
         """(Re)read the app files and write their units; one daemon-reload if anything changed."""
         apps, errors = load_apps(self.apps_dir, self.releases_root)
+        errors.update(refuse_shared_addresses(apps, first=set(self.apps)))
         for path, err in errors.items():
             log.error("app file not loaded: %s", err)
+        warnings = [w for app in apps.values() for w in probation_warnings(app)]
+        for warning in warnings:
+            log.warning("%s", warning)
         changed = False
         for app in apps.values():
             if app.name in self._holders and self.apps.get(app.name) != app:
@@ -94,13 +99,17 @@ class AppManager:
                             "'systemctl restart %s' (connections are refused for a moment)", app.name, app.socket_unit)
         if changed:
             await self.systemd.daemon_reload()
-        self.apps, self.app_errors = apps, errors
+        self.apps, self.app_errors, self.app_warnings = apps, errors, warnings
         return sorted(apps)
 
     def app(self, name: str) -> AppConfig:
         try:
             return self.apps[name]
         except KeyError:
+            path = self.apps_dir / f"{name}.toml"
+            if str(path) in self.app_errors:
+                raise ConfigError(f"{path.name} was not loaded: {self.app_errors[str(path)]}",
+                                   hint="fix the file, then: bloomctl reload") from None
             known = ", ".join(sorted(self.apps)) or "none"
             raise UnknownApp(f"unknown app {name!r} (configured: {known})",
                              hint=f"declare it in {self.apps_dir}/{name}.toml, then: bloomctl reload") from None
@@ -178,17 +187,22 @@ class AppManager:
             return "it is the last good release"
         if version == self._previous_good(app.name):
             return "it is the release 'bloomctl rollback' goes to"
+        if version == self._served_before(app.name):
+            return "it served before the current release"
         if self.systemd.status(app.instance_unit(versions.instance(version))).running:
             return "it is running"
         return ""
 
     async def cleanup(self, app: AppConfig) -> list[str]:
-        """Keep keep_releases; failed ones go first, then the oldest; never one in use."""
+        """Keep keep_releases. What goes first: failed and rolled-back releases, then ones never run,
+        then the oldest good ones; never one in use (current, last good, the rollback target, the one
+        that served before the current one, anything running)."""
         rows = self.store.releases(app.name)
         excess = len(rows) - app.keep_releases
         if excess <= 0:
             return []
-        candidates = sorted(rows, key=lambda r: (r["status"] != "failed", r["installed_at"]))
+        candidates = sorted(rows, key=lambda r: (RETENTION_ORDER.get(r["status"], len(RETENTION_ORDER)),
+                                                 r["installed_at"]))
         removed = []
         for row in candidates:
             if len(removed) == excess:
@@ -272,10 +286,30 @@ class AppManager:
                                hint="pick another version with --to")
         return await self.switch(name, target, caller, progress, wait, action="rollback")
 
-    def _previous_good(self, name: str) -> str | None:
+    def _served_before(self, name: str) -> str | None:
+        """The release that served before the current one, whatever became of it."""
         current = self.store.app_state(name)["current"]
+        return next((v for v in self._served_newest_first(name) if v != current), None)
+
+    def _previous_good(self, name: str) -> str | None:
+        """Where a plain 'bloomctl rollback' goes: back through the releases that served, newest first,
+        to the first that is still good (not failed, not rolled back) and installed; failing that, the
+        newest installed good release the history no longer mentions."""
+        current = self.store.app_state(name)["current"]
+        status = {r["version"]: r["status"] for r in self.store.releases(name)}
+        for version in self._served_newest_first(name):
+            if version != current and status.get(version) == "good":
+                return version
         good = [r for r in self.store.releases(name) if r["status"] == "good" and r["version"] != current]
         return max((r["version"] for r in good), key=_good_order(self.store, name), default=None)
+
+    def _served_newest_first(self, name: str) -> list[str]:
+        order = []
+        for change in self.store.serving_changes(name):
+            for version in (change["version"], change["from_version"]):
+                if version is not None and version not in order:
+                    order.append(version)
+        return order
 
     # -- reporting --------------------------------------------------------------------------------
 
@@ -376,6 +410,9 @@ class AppManager:
         for task in list(self._tasks):
             task.cancel()
 
+
+# Which releases retention removes first; unknown statuses after these, then the oldest first.
+RETENTION_ORDER = {"failed": 0, "rolled-back": 0, "installed": 1, "good": 2}
 
 # Stable: lets operators alert on it (journalctl MESSAGE_ID=...) whatever the wording.
 ROLLBACK_FAILED_MESSAGE_ID = "4b8a0c3e9d2f4e6b9a71c5d0e2f3a8b1"

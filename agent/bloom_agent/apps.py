@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .healthchecks import CheckSpec, parse_checks
+from .healthchecks import TRIP_SLACK_SEC, CheckSpec, parse_checks
 from .schema import Field, check_absolute_path, check_positive, parse_table, read_toml
 
 DEFAULT_APPS_DIR = Path("/etc/bloom/apps")
@@ -248,6 +248,59 @@ def load_apps(apps_dir: Path, releases_root: Path = DEFAULT_RELEASES_ROOT) -> tu
             continue
         apps[app.name] = app
     return apps, errors
+
+
+def refuse_shared_addresses(apps: dict[str, AppConfig], first: set[str]) -> dict[str, str]:
+    """Two apps cannot listen on one address: the second socket unit would fail to start with
+    EADDRINUSE, at deploy time. Refuse the later app file now, naming both files; apps in ``first``
+    (those already loaded) keep their addresses. Returns the refused apps' errors by file; they are
+    removed from ``apps``."""
+    errors: dict[str, str] = {}
+    taken: dict[str, AppConfig] = {}
+    for name in sorted(apps, key=lambda n: (n not in first, n)):
+        app = apps[name]
+        clash = next(((mine, theirs, other) for mine in app.listen for theirs, other in taken.items()
+                      if addresses_clash(mine, theirs)), None)
+        if clash is None:
+            taken.update((address, app) for address in app.listen)
+            continue
+        mine, theirs, other = clash
+        errors[str(app.path)] = (f"{app.path}: listen address {mine} clashes with {theirs} of app {other.name!r} "
+                                 f"({other.path}); give each app addresses of its own")
+        del apps[name]
+    return errors
+
+
+def addresses_clash(a: str, b: str) -> bool:
+    """Would binding both fail? Same Unix path; or same port with the same host or a wildcard host
+    (systemd's default BindIPv6Only=default makes [::] take IPv4 too)."""
+    if a.startswith("/") or b.startswith("/"):
+        return a == b
+    host_a, port_a = _split_address(a)
+    host_b, port_b = _split_address(b)
+    if port_a != port_b:
+        return False
+    return host_a == host_b or host_a.is_unspecified or host_b.is_unspecified
+
+
+def _split_address(address: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    host, _, port = address.rpartition(":")
+    return ipaddress.ip_address(host.strip("[]")), int(port)
+
+
+def probation_warnings(app: AppConfig) -> list[str]:
+    """Checks that cannot trip within probation_sec. Probation is extended while such a check fails,
+    so they are safe, but a switch then takes longer than the app file says."""
+    warnings = []
+    for spec in app.health_checks:
+        needed = spec.time_to_trip
+        if needed > app.probation_sec:
+            warnings.append(
+                f"{app.path}: health check {spec.name} needs up to {needed:g} s to trip ({spec.failures} failures x "
+                f"({spec.interval_sec:g} s interval + {spec.timeout_sec:g} s timeout) + {TRIP_SLACK_SEC:g} s), "
+                f"more than probation_sec = {app.probation_sec:g}: probation is extended while it fails; raise "
+                f"probation_sec to at least {needed:g}, or lower failures, interval_sec or timeout_sec")
+    return warnings
 
 
 _EXAMPLE = 'a minimal app file:\n  listen = ["127.0.0.1:8080"]\n  exec = "bin/server --port-from-systemd"'

@@ -82,6 +82,8 @@ def reload(obj: Context) -> None:
     click.echo(f"apps: {', '.join(result['apps']) or 'none'}")
     for err in (result.get("app_errors") or {}).values():
         click.echo(f"not loaded: {err}", err=True)
+    for warning in result.get("app_warnings") or []:
+        click.echo(f"warning: {warning}", err=True)
     if not result["config_reloaded"]:
         raise BloomError("the agent's configuration was not reloaded; see: journalctl -u bloom-agent")
 

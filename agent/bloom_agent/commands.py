@@ -65,7 +65,8 @@ async def status(agent: "Agent", caller: Caller, args: dict[str, Any], progress:
 async def reload(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
     Args("reload", args, set())
     ok = await agent.reload_config()
-    return {"config_reloaded": ok, "apps": sorted(agent.apps.apps), "app_errors": agent.apps.app_errors}
+    return {"config_reloaded": ok, "apps": sorted(agent.apps.apps), "app_errors": agent.apps.app_errors,
+            "app_warnings": agent.apps.app_warnings}
 
 
 async def install(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from .schema import Field, check_choice, check_positive, parse_table
 
 ENTRY_POINT_GROUP = "bloom_agent.health_checks"
 MAX_RESPONSE_BYTES = 256 * 1024
+TRIP_SLACK_SEC = 1.0
 KINDS = ("http", "tcp", "command", "memory", "tasks", "python")
 
 
@@ -77,6 +78,12 @@ class CheckSpec:
     memory_threshold_bytes: int
     max_tasks: int
     entry_point: str
+
+    @property
+    def time_to_trip(self) -> float:
+        """From its first failure, the check trips within ``failures`` attempts, each up to its timeout
+        and its interval apart, plus a little for the attempts' own overhead."""
+        return self.failures * (self.interval_sec + self.timeout_sec) + TRIP_SLACK_SEC
 
 
 _NEEDS = {"command": "command", "memory": "memory_threshold_bytes", "tasks": "max_tasks", "python": "entry_point"}

@@ -12,7 +12,7 @@ import collections
 import logging
 import re
 import time
-from typing import Protocol
+from typing import Callable, Protocol
 
 from .healthchecks import CheckSpec, Target, run_check
 from .systemd_adapter import Systemd
@@ -25,6 +25,7 @@ _SUPPRESSED = re.compile(r"Suppressed (\d+) messages from (\S+)")
 WINDOW_SEC = 60.0
 MONITOR_STOP_SEC = 5.0  # a cancelled monitor stops at its next await; this only bounds a bug
 STATUS_ATTEMPTS = 20  # 0.5 s apart: a D-Bus error lasting 10 s fails the unit monitor
+EXTENSION_POLL_SEC = 0.1  # during an extension, how often probation looks whether the doubt is gone
 
 
 class Monitor(Protocol):
@@ -142,40 +143,104 @@ class JournalMonitor:
 
 
 class CheckMonitor:
-    """One health check on its interval; trips after ``failures`` consecutive failures."""
+    """One health check on its interval; trips after ``failures`` consecutive failures.
+
+    ``in_doubt`` tells probation that this check has no verdict yet: it has begun failing, or an
+    attempt is still out. Probation does not end on a check in doubt (see ``probation``).
+    """
 
     def __init__(self, spec: CheckSpec, target: Target) -> None:
         self.spec, self.target = spec, target
         self.name = f"health check {spec.name}"
+        self.consecutive = 0
+        self.attempting = False
+        self.last_detail = ""
+
+    @property
+    def in_doubt(self) -> bool:
+        return self.consecutive > 0 or self.attempting
+
+    @property
+    def verdict_within(self) -> float:
+        """The longest a check that begins failing now takes to trip."""
+        return self.spec.time_to_trip
+
+    def doubt(self) -> str:
+        if self.consecutive:
+            return f"{self.spec.name} failing ({self.consecutive}/{self.spec.failures}): {self.last_detail}"
+        return f"{self.spec.name} has an attempt out"
 
     async def watch(self) -> str:
-        consecutive = 0
         while True:
-            result = await run_check(self.spec, self.target)
-            consecutive = 0 if result.ok else consecutive + 1
+            self.attempting = True
+            try:
+                result = await run_check(self.spec, self.target)
+            finally:
+                self.attempting = False
+            self.consecutive = 0 if result.ok else self.consecutive + 1
+            self.last_detail = result.detail
             if not result.ok:
-                log.warning("%s: %s failed (%d/%d): %s", self.target.unit, self.spec.name, consecutive,
+                log.warning("%s: %s failed (%d/%d): %s", self.target.unit, self.spec.name, self.consecutive,
                             self.spec.failures, result.detail)
-            if consecutive >= self.spec.failures:
-                return f"health check {self.spec.name} failed {consecutive} times in a row: {result.detail}"
+            if self.consecutive >= self.spec.failures:
+                return f"health check {self.spec.name} failed {self.consecutive} times in a row: {result.detail}"
             await asyncio.sleep(self.spec.interval_sec)
 
 
-async def probation(monitors: list[Monitor], seconds: float, abort: asyncio.Event) -> str | None:
-    """None when the window passes quietly; otherwise why it ended early."""
+Extended = Callable[[float, str], None]
+
+
+def _no_extension_report(seconds: float, why: str) -> None:
+    """For callers nobody is waiting on."""
+
+
+async def probation(monitors: list[Monitor], seconds: float, abort: asyncio.Event,
+                    extended: Extended = _no_extension_report) -> str | None:
+    """None when the window passes quietly; otherwise why it ended early.
+
+    A window must not end on a health check that has begun failing: a short probation would
+    otherwise bless a release whose check was one failure from its verdict. When the window ends
+    with a check in doubt it is extended, once, by the longest such a check takes to trip
+    (``CheckSpec.time_to_trip``), and ends as soon as no check is in doubt. A check still failing at the end of
+    the extension (one that keeps flapping) is a trip: the safe verdict is the release that worked.
+    """
+    loop = asyncio.get_running_loop()
     tasks = {asyncio.ensure_future(m.watch()): m for m in monitors}
     aborted = asyncio.ensure_future(abort.wait())
+    deadline = loop.time() + seconds
+    extension_end: float | None = None
+    announced = False
     try:
-        done, _ = await asyncio.wait({*tasks, aborted}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        if aborted in done:
-            return ""
-        for task in done:
-            exc = task.exception()
-            if exc is not None:
-                # A monitor that cannot run is reported, not mistaken for a healthy release.
-                return f"{tasks[task].name} monitor failed: {exc!r}"
-            return task.result()
-        return None
+        while True:
+            timeout = max(deadline - loop.time(), 0)
+            done, _ = await asyncio.wait({*tasks, aborted}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if aborted in done:
+                return ""
+            for task in done:
+                exc = task.exception()
+                if exc is not None:
+                    # A monitor that cannot run is reported, not mistaken for a healthy release.
+                    return f"{tasks[task].name} monitor failed: {exc!r}"
+                return task.result()
+            if loop.time() < deadline:
+                continue
+            doubts = [m for m in monitors if getattr(m, "in_doubt", False)]
+            if not doubts:
+                return None
+            if extension_end is None:
+                extension_end = loop.time() + max(m.verdict_within for m in doubts)
+            failing = [m for m in doubts if m.consecutive]
+            if failing and not announced:
+                # An attempt merely out is waited for quietly; a check failing is worth saying.
+                announced = True
+                extended(round(extension_end - loop.time(), 1), "; ".join(m.doubt() for m in failing))
+            if loop.time() >= extension_end:
+                if not failing:
+                    return None  # only attempts out, and the last answers were good
+                return ("health check still failing when probation's extension ended: "
+                        + "; ".join(m.doubt() for m in failing))
+            # Look again soon: a check in doubt settles when its attempt returns.
+            deadline = min(loop.time() + EXTENSION_POLL_SEC, extension_end)
     finally:
         for task in (*tasks, aborted):
             task.cancel()

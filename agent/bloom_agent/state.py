@@ -204,6 +204,12 @@ class StateStore:
         return [dict(r) for r in self._db.execute(
             "SELECT * FROM deployments WHERE app = ? ORDER BY id DESC LIMIT ?", (app, limit))]
 
+    def serving_changes(self, app: str) -> list[dict]:
+        """Switches and rollbacks that ended on their release, newest first: who served after whom."""
+        return [dict(r) for r in self._db.execute(
+            "SELECT version, from_version FROM deployments WHERE app = ? AND action IN ('switch', 'rollback') "
+            "AND outcome = 'done' ORDER BY id DESC", (app,))]
+
     def steps(self, deployment: int) -> list[dict]:
         return [dict(r) for r in self._db.execute(
             "SELECT at, step, detail FROM deployment_steps WHERE deployment = ? ORDER BY rowid", (deployment,))]

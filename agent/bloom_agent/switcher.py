@@ -221,8 +221,14 @@ class Switcher:
         progress({"step": "probation", "version": dep.new, "seconds": dep.app.probation_sec,
                   "watching": [m.name for m in watching]})
         ticker = asyncio.ensure_future(self._count_down(dep, progress))
+
+        def extended(seconds: float, why: str) -> None:
+            log.warning("%s: probation of %s extended by up to %g s until its health checks reach a verdict: %s",
+                        dep.app.name, dep.new, seconds, why)
+            progress({"step": "probation", "version": dep.new, "extended": seconds, "why": why})
+
         try:
-            trip = await monitors.probation(watching, dep.app.probation_sec, dep.abort)
+            trip = await monitors.probation(watching, dep.app.probation_sec, dep.abort, extended)
         finally:
             ticker.cancel()
         if dep.abort.is_set():
@@ -252,6 +258,10 @@ class Switcher:
         # change, so no daemon-reload is needed; a reboot comes back on NEW.
         self.units.point_socket(dep.app, versions.instance(dep.new), trial=False)
         self.store.set_release_status(dep.app.name, dep.new, "good")
+        if dep.action == "rollback" and dep.old:
+            # The operator left it on purpose: a later plain rollback must not go back to it.
+            self.store.set_release_status(dep.app.name, dep.old, "rolled-back",
+                                          f"rolled back to {dep.new} by {dep.caller}")
         self.store.set_app_state(dep.app.name, current=dep.new, last_good=dep.new, degraded="")
         return OK
 
@@ -270,7 +280,9 @@ class Switcher:
 
     async def _rolling_back(self, dep: Deployment) -> str:
         app = dep.app
-        self.store.set_release_status(app.name, dep.new, "failed", dep.reason)
+        # Aborted by an operator, it did not fail: it was rolled back, which later rollbacks skip too.
+        self.store.set_release_status(app.name, dep.new, "rolled-back" if dep.abort.is_set() else "failed",
+                                      dep.reason)
         if dep.old is None:
             await self._give_up_first_release(dep)
             dep.reason += "; no earlier release to go back to, so the app is stopped"

@@ -108,3 +108,18 @@ def test_socket_pointer_layers(tmp_path):
     writer.dropin(app, "run").unlink()  # what a reboot does to /run
     assert writer.pointed_instance(app) == "1.0.0"
     assert writer.write_app_units(app) == (True, True) and writer.write_app_units(app) == (False, False)
+
+
+@pytest.mark.parametrize("a, b, clash", [
+    ("127.0.0.1:80", "127.0.0.1:80", True),
+    ("127.0.0.1:80", "127.0.0.2:80", False),
+    ("0.0.0.0:80", "127.0.0.1:80", True),
+    ("[::]:80", "127.0.0.1:80", True),
+    ("[::1]:80", "127.0.0.1:80", False),
+    ("127.0.0.1:80", "127.0.0.1:81", False),
+    ("/run/a.sock", "/run/a.sock", True),
+    ("/run/a.sock", "127.0.0.1:80", False),
+])
+def test_addresses_clash(a, b, clash):
+    assert apps.addresses_clash(a, b) is clash
+    assert apps.addresses_clash(b, a) is clash

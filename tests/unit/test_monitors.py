@@ -254,3 +254,74 @@ def test_probation_does_not_wait_forever_for_a_monitor_that_will_not_stop(monkey
     trip, stubborn_had_finished = asyncio.run(run())
     assert trip == "crash: already dead" and not stubborn_had_finished
     assert "the stubborn monitor did not stop within 0.1 s" in caplog.text
+
+
+def _scripted_check(results, interval=0.1, failures=3, timeout=0.05):
+    """A CheckMonitor whose attempts answer from ``results`` (then keep answering the last one)."""
+    answers = list(results)
+
+    async def scripted(spec, target):
+        return (answers.pop(0) if len(answers) > 1 else answers[0]), "scripted"
+
+    spec = parse_checks([{"type": "command", "command": "true", "failures": failures, "interval_sec": interval,
+                          "timeout_sec": timeout}], Path("a.toml"), ())[0]
+    return monitors.CheckMonitor(spec, _target()), scripted
+
+
+def _probation_with(check, runner, seconds):
+    extensions = []
+    healthchecks._RUNNERS["command"], saved = runner, healthchecks._RUNNERS["command"]
+    try:
+        trip = asyncio.run(monitors.probation([check], seconds, asyncio.Event(),
+                                              lambda secs, why: extensions.append((secs, why))))
+    finally:
+        healthchecks._RUNNERS["command"] = saved
+    return trip, extensions
+
+
+def test_probation_is_extended_until_a_failing_check_trips():
+    """The window (0.15 s) ends after two failures of three: the check must still reach its verdict."""
+    check, runner = _scripted_check([False])
+    trip, extensions = _probation_with(check, runner, 0.15)
+    assert trip == "health check command#0 failed 3 times in a row: scripted"
+    assert len(extensions) == 1 and "command#0 failing (" in extensions[0][1]
+    assert extensions[0][0] <= check.spec.time_to_trip
+
+
+def test_probation_extension_ends_when_the_check_recovers():
+    check, runner = _scripted_check([False, False, True])
+    trip, extensions = _probation_with(check, runner, 0.15)
+    assert trip is None and len(extensions) == 1
+
+
+class StaysInDoubt:
+    """A check that never settles (its attempts outlast what its settings allow)."""
+
+    name = "health check stuck"
+    consecutive, in_doubt, verdict_within = 1, True, 0.2
+
+    def doubt(self):
+        return "stuck failing (1/3): no answer"
+
+    async def watch(self):
+        await asyncio.Event().wait()
+
+
+def test_probation_extension_is_bounded():
+    extensions = []
+    trip = asyncio.run(monitors.probation([StaysInDoubt()], 0.05, asyncio.Event(),
+                                          lambda secs, why: extensions.append((secs, why))))
+    assert trip == "health check still failing when probation's extension ended: stuck failing (1/3): no answer"
+    assert extensions == [(0.2, "stuck failing (1/3): no answer")]
+
+
+def test_probation_without_doubt_ends_on_time():
+    check, runner = _scripted_check([True])
+    trip, extensions = _probation_with(check, runner, 0.1)
+    assert trip is None and extensions == []
+
+
+def test_time_to_trip():
+    spec = parse_checks([{"type": "tcp", "address": "127.0.0.1:1", "interval_sec": 2, "timeout_sec": 2,
+                          "failures": 3}], Path("a.toml"), ())[0]
+    assert spec.time_to_trip == 3 * (2 + 2) + healthchecks.TRIP_SLACK_SEC

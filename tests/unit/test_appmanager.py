@@ -1,0 +1,125 @@
+"""The app manager over the fake systemd: where rollbacks go, what retention keeps, app files refused."""
+
+import asyncio
+
+import pytest
+
+from bloom_agent.appmanager import AppManager
+from bloom_agent.auth import Caller
+from bloom_agent.errors import BloomError, ConfigError
+from bloom_agent.state import StateStore
+from bloom_agent.unitfiles import UnitPaths, UnitWriter
+from fake_systemd import FakeJournal, FakeSystemd
+
+ROOT = Caller(pid=1, uid=0, gid=0)
+APP = 'listen = ["127.0.0.1:{port}"]\nexec = "bin/app"\nprobation_sec = 0.05\nkeep_releases = {keep}\n'
+
+
+class Env:
+    def __init__(self, tmp_path, keep=10):
+        # One loop for the whole test: the fake systemd's events belong to the loop that made them.
+        self.loop = asyncio.new_event_loop()
+        self.tmp = tmp_path
+        self.apps_dir = tmp_path / "apps"
+        self.apps_dir.mkdir()
+        (self.apps_dir / "web.toml").write_text(APP.format(port=8080, keep=keep))
+        self.store = StateStore(tmp_path / "state.db")
+        self.systemd = FakeSystemd()
+        FakeJournal.entries = []
+        self.manager = AppManager(self.apps_dir, tmp_path / "rel", self.store, self.systemd,
+                                  UnitWriter(UnitPaths(etc=tmp_path / "etc", run=tmp_path / "run")))
+        self.manager.switcher.journal_monitor = FakeJournal
+        self.run(self.manager.load())
+
+    def run(self, coro):
+        return self.loop.run_until_complete(coro)
+
+    def add(self, *versions):
+        for v in versions:
+            self.store.add_release("web", v, v, "0" * 64, 1)
+            (self.tmp / "rel" / "web" / v).mkdir(parents=True)
+
+    def switch(self, version):
+        return self.run(self.manager.switch("web", version, ROOT))
+
+    def rollback(self, to=None):
+        return self.run(self.manager.rollback("web", to, ROOT))
+
+    def statuses(self):
+        return {r["version"]: r["status"] for r in self.manager.release_rows("web")}
+
+
+@pytest.fixture
+def env(tmp_path):
+    env = Env(tmp_path)
+    yield env
+    env.loop.close()
+
+
+def test_manual_rollback_marks_the_release_it_leaves_and_never_returns_to_it(env):
+    env.add("1.0.0", "1.1.0", "1.2.0")
+    for v in ("1.0.0", "1.1.0", "1.2.0"):
+        assert env.switch(v)["outcome"] == "done"
+    assert env.statuses() == {"1.0.0": "good", "1.1.0": "previous", "1.2.0": "current"}
+    out = env.rollback()
+    assert (out["outcome"], out["version"]) == ("done", "1.1.0")
+    assert env.statuses() == {"1.0.0": "previous", "1.1.0": "current", "1.2.0": "rolled-back"}
+    assert env.store.release("web", "1.2.0")["reason"] == "rolled back to 1.1.0 by root"
+    # rollback after rollback goes further back, never to the release rolled back
+    assert env.rollback()["version"] == "1.0.0"
+    assert env.statuses() == {"1.0.0": "current", "1.1.0": "rolled-back", "1.2.0": "rolled-back"}
+    with pytest.raises(BloomError, match="no earlier good release"):
+        env.rollback()
+    # named, a rolled-back release is a valid target
+    assert env.rollback(to="1.2.0")["outcome"] == "done"
+    assert env.statuses()["1.2.0"] == "current"
+
+
+def test_previous_is_the_release_that_served_before_not_the_newest_installed(env):
+    env.add("2.0.0", "1.0.0")  # installed in this order: 1.0.0 is newer on disk
+    env.switch("2.0.0")
+    env.switch("1.0.0")
+    assert env.statuses() == {"2.0.0": "previous", "1.0.0": "current"}
+
+
+def test_retention_keeps_previous_and_removes_failed_and_never_run_first(tmp_path):
+    env = Env(tmp_path, keep=3)  # its loop closes with the test process
+    env.add("1.0.0", "2.0.0", "3.0.0")
+    env.switch("1.0.0")
+    env.switch("2.0.0")
+    env.store.set_release_status("web", "3.0.0", "failed", "crashed")
+    env.add("4.0.0", "5.0.0")  # 4.0.0 is never run
+    out = env.switch("5.0.0")
+    assert out["outcome"] == "done"
+    # over by two: the failed and the never-run go; 2.0.0 (served just before) and 1.0.0 stay
+    assert env.statuses() == {"1.0.0": "good", "2.0.0": "previous", "5.0.0": "current"}
+    assert sorted(p.name for p in (tmp_path / "rel" / "web").iterdir()) == ["1.0.0", "2.0.0", "5.0.0"]
+
+
+def test_a_broken_app_file_is_named_with_its_reason(env):
+    (env.apps_dir / "web.toml").write_text('listen = ["127.0.0.1:8080"]\nexec = "bin/app"\nprobation_sec = "10s"\n')
+    env.run(env.manager.load())
+    with pytest.raises(ConfigError) as info:
+        env.manager.app("web")
+    assert str(info.value).startswith("web.toml was not loaded: ")
+    assert "key 'probation_sec': must be a number, got string '10s'" in str(info.value)
+    assert info.value.hint == "fix the file, then: bloomctl reload"
+
+
+def test_two_apps_on_one_address_refuse_the_newcomer_naming_both_files(env):
+    (env.apps_dir / "api.toml").write_text(APP.format(port=8080, keep=5).replace("127.0.0.1", "0.0.0.0"))
+    env.run(env.manager.load())
+    assert sorted(env.manager.apps) == ["web"]  # loaded first, it keeps its address
+    error = env.manager.app_errors[str(env.apps_dir / "api.toml")]
+    assert "listen address 0.0.0.0:8080 clashes with 127.0.0.1:8080 of app 'web'" in error
+    assert str(env.apps_dir / "web.toml") in error
+
+
+def test_reload_warns_about_checks_that_cannot_trip_within_probation(env):
+    (env.apps_dir / "web.toml").write_text(
+        APP.format(port=8080, keep=5).replace("probation_sec = 0.05", "probation_sec = 10")
+        + '[[health_check]]\ntype = "http"\ninterval_sec = 2\n')
+    env.run(env.manager.load())
+    [warning] = env.manager.app_warnings
+    assert "health check http#0 needs up to 13 s to trip (3 failures x (2 s interval + 2 s timeout) + 1 s), " \
+           "more than probation_sec = 10" in warning
