@@ -399,6 +399,7 @@ class AppManager:
                 continue
             if current is None or status.name != app.instance_unit(versions.instance(current)):
                 await self.systemd.stop(status.name)
+                self.systemd.reset_failed(status.name)
                 actions.append(f"stopped stray {status.name}")
         if actions:
             dep = self.store.begin_deployment(app.name, "reconcile", current or "-", None, "reconciling", "bloom-agent")

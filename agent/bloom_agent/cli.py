@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from . import __version__, client
-from .errors import EXIT_ERROR, EXIT_USAGE, BloomError, PermissionDenied
+from .errors import EXIT_DETACHED, EXIT_ERROR, EXIT_USAGE, BloomError, InvalidArguments, PermissionDenied
 
 
 class Context:
@@ -88,7 +88,27 @@ def reload(obj: Context) -> None:
         raise BloomError("the agent's configuration was not reloaded; see: journalctl -u bloom-agent")
 
 
-tarball_argument = click.argument("tarball", type=click.Path(path_type=Path, dir_okay=False, exists=True, readable=True))
+# Checked by _tarball below rather than by click, so a bad path gets bloomctl's own error form.
+tarball_argument = click.argument("tarball", type=click.Path(path_type=Path))
+
+
+def _tarball(path: Path) -> str:
+    """The absolute path of a tarball this caller can read (the agent refuses what they could not)."""
+    try:
+        with open(path, "rb"):
+            pass
+    except IsADirectoryError:
+        raise InvalidArguments(f"{path} is a directory, not a release tarball",
+                               hint="pack it first: tar -czf APP-VERSION.tar.gz -C DIR .") from None
+    except FileNotFoundError:
+        raise InvalidArguments(f"{path}: no such file") from None
+    except PermissionError:
+        raise InvalidArguments(f"cannot read {path}: permission denied",
+                               hint="the agent installs only tarballs its caller can read; "
+                                    "check the file's mode and owner, or run as its owner") from None
+    except OSError as exc:
+        raise InvalidArguments(f"cannot read {path}: {exc.strerror or exc}") from None
+    return str(path.resolve())
 version_option = click.option("--version", "version", help="Release version (default: from the file name APP-VERSION.tar.gz).")
 sha256_option = click.option("--sha256", help="Expected SHA-256 (default: from TARBALL.sha256 next to it).")
 
@@ -103,7 +123,7 @@ sha256_option = click.option("--sha256", help="Expected SHA-256 (default: from T
 def install(obj: Context, app: str, tarball: Path, version: str | None, sha256: str | None, as_json: bool) -> None:
     """Validate and unpack a release of APP from TARBALL."""
     # Unpacking a large release takes as long as it takes: no client-side time limit.
-    result = obj.call("install", {"app": app, "tarball": str(tarball.resolve()), "version": version, "sha256": sha256},
+    result = obj.call("install", {"app": app, "tarball": _tarball(tarball), "version": version, "sha256": sha256},
                       timeout=None)
     if as_json:
         _print_json(result)
@@ -163,7 +183,7 @@ def switch(obj: Context, app: str, version: str, wait: bool, as_json: bool) -> N
 def deploy(obj: Context, app: str, tarball: Path, version: str | None, sha256: str | None, wait: bool,
            as_json: bool) -> None:
     """Install TARBALL and switch APP to it."""
-    _report_switch(obj, "deploy", {"app": app, "tarball": str(tarball.resolve()), "version": version,
+    _report_switch(obj, "deploy", {"app": app, "tarball": _tarball(tarball), "version": version,
                                    "sha256": sha256, "wait": wait}, as_json)
 
 
@@ -221,12 +241,18 @@ def _report_switch(obj: Context, command: str, args: dict, as_json: bool) -> Non
         if p.get("step") == "probation" and "watching" in p:
             click.echo(f"  probation of {p['version']} for {p['seconds']:g} s, watching: {', '.join(p['watching'])}",
                        err=True)
+        elif p.get("step") == "probation" and "extended" in p:
+            click.echo(f"  probation of {p['version']} extended by up to {p['extended']:g} s for a verdict: {p['why']}",
+                       err=True)
         elif p.get("step") == "probation" and "left" in p:
             click.echo(f"  probation of {p['version']}: {p['left']} s left", err=True)
         elif p.get("step") != "probation":
             click.echo(f"  {p.get('step')}: {p.get('version')}", err=True)
 
-    result = client.call(command, args, socket_path=obj.socket_path, on_progress=on_progress, timeout=None)
+    try:
+        result = client.call(command, args, socket_path=obj.socket_path, on_progress=on_progress, timeout=None)
+    except KeyboardInterrupt:
+        raise Detached(args["app"], command) from None
     if as_json:
         _print_json(result)
     elif result["outcome"] in ("started", "aborting"):
@@ -235,6 +261,17 @@ def _report_switch(obj: Context, command: str, args: dict, as_json: bool) -> Non
         click.echo(f"{result['app']}: {result['from_version'] or '-'} -> {result['version']}: {result['outcome']}")
     if result["exit_code"]:
         raise SwitchFailed(result)
+
+
+class Detached(BloomError):
+    """Ctrl-C on a waiting bloomctl: only the client stops; the agent goes on with what it was asked."""
+
+    exit_code = EXIT_DETACHED
+
+    def __init__(self, app: str, command: str) -> None:
+        what = "the rollback" if command == "rollback" else "the switch"
+        super().__init__(f"detached; {what} continues in the agent",
+                         hint=f"follow it: bloomctl status {app}; abort it: bloomctl rollback {app}")
 
 
 class SwitchFailed(BloomError):

@@ -11,6 +11,8 @@ import os
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+# bloomctl stopped waiting (Ctrl-C) while the agent carries on: the shell's code for SIGINT.
+EXIT_DETACHED = 130
 # sysexits.h EX_CONFIG: the unit sets RestartPreventExitStatus=78, so systemd does not loop on it.
 EXIT_CONFIG = os.EX_CONFIG if hasattr(os, "EX_CONFIG") else 78
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import failpoints, monitors, versions
+from . import failpoints, monitors, unitfailure, versions
 from .apps import AppConfig
 from .healthchecks import Target, run_check
 from .deployment import FAIL, OK, OUTCOMES, RESUME_AFTER_RESTART, TERMINAL, Step, next_step
@@ -81,11 +81,14 @@ class Outcome:
 
 class Switcher:
     def __init__(self, systemd: Systemd, store: StateStore, units: UnitWriter,
-                 journal_monitor=monitors.JournalMonitor) -> None:
+                 journal_monitor=monitors.JournalMonitor,
+                 journal_tail: unitfailure.JournalTail = unitfailure.journal_tail) -> None:
         self.systemd = systemd
         self.store = store
         self.units = units
-        self.journal_monitor = journal_monitor  # injected: unit tests have no journal to read
+        # injected: unit tests have no journal to read
+        self.journal_monitor = journal_monitor
+        self.journal_tail = journal_tail
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -158,19 +161,31 @@ class Switcher:
 
     async def _starting(self, dep: Deployment) -> str:
         app = dep.app
+        since = time.time()
         if dep.old is None:
             # First deploy: the socket must name a release before systemd will start it.
             if self.units.point_socket(app, versions.instance(dep.new), trial=True):
                 await self._reload(dep)
             self.systemd.enable(app.socket_unit)
             if await self.systemd.start(app.socket_unit) != "done":
-                return self._fail(dep, f"cannot start {app.socket_unit}: {self.systemd.status(app.socket_unit).describe()}")
+                why = f"cannot start {app.socket_unit}: {self.systemd.status(app.socket_unit).describe()}"
+                return self._fail(dep, await self._with_journal(why, app.socket_unit, since))
+        began = time.monotonic()
         result = await self.systemd.start(dep.new_unit)
         status = self.systemd.status(dep.new_unit)
         if result != "done" or not status.active:
-            return self._fail(dep, f"{dep.new_unit} did not become ready within {app.ready_timeout_sec:g} s "
-                                   f"(start job: {result}; {status.describe()})")
+            why = unitfailure.not_ready(status, time.monotonic() - began, app.ready_timeout_sec, app.notify)
+            return self._fail(dep, await self._with_journal(why, dep.new_unit, since, app.socket_unit))
         return OK
+
+    async def _with_journal(self, reason: str, unit: str, since: float, socket_unit: str | None = None) -> str:
+        try:
+            # A read of the journal's files: off the loop, like any disk work that can take a while.
+            lines = await asyncio.to_thread(self.journal_tail, unit, since)
+        except Exception as exc:  # the failure is what matters; its quote is a courtesy
+            log.warning("cannot read the journal of %s: %s", unit, exc)
+            lines = []
+        return unitfailure.with_journal(reason, unit, lines, socket_unit)
 
     async def _checking(self, dep: Deployment) -> str:
         """NEW must be up and pass its pre-switch checks within ready_timeout_sec of its start.
@@ -202,7 +217,7 @@ class Switcher:
         self.store.set_app_state(dep.app.name, current=dep.new)
         self.store.set_release_status(dep.app.name, dep.new, "probation")
         if dep.old_unit:
-            await self.systemd.stop(dep.old_unit)  # SIGTERM; the old release drains within TimeoutStopSec
+            await self._retire(dep.old_unit)  # SIGTERM; the old release drains within TimeoutStopSec
         return OK
 
     def _target(self, dep: Deployment) -> Target:
@@ -301,17 +316,23 @@ class Switcher:
             return True
         why = (f"cannot start {dep.old} again ({result}; {self.systemd.status(dep.old_unit).describe()}); "
                f"{dep.new} left running")
-        await self.systemd.stop(dep.old_unit)
+        await self._retire(dep.old_unit)
         self._degrade(dep, why)
         return False
 
     async def _hand_back_to_old(self, dep: Deployment) -> None:
         # NEW goes before the pointer moves back: like the forward switch, the daemon-reload must not
         # stand between a misbehaving release and its removal.
-        await self.systemd.stop(dep.new_unit)
+        await self._retire(dep.new_unit)
         self.store.set_app_state(dep.app.name, current=dep.old)
         if self.units.point_socket(dep.app, versions.instance(dep.old), trial=False):
             await self._reload(dep)
+
+    async def _retire(self, unit: str) -> None:
+        """Stop a unit the agent is done with, and forget its failure: a release that died on SIGTERM
+        or never came up must not linger in 'systemctl --failed' and turn the host 'degraded'."""
+        await self.systemd.stop(unit)
+        self.systemd.reset_failed(unit)
 
     def _degrade(self, dep: Deployment, why: str) -> str:
         dep.reason = f"{dep.reason}; {why}" if dep.reason else why
@@ -321,9 +342,9 @@ class Switcher:
     async def _give_up_first_release(self, dep: Deployment) -> None:
         """A first deploy that fails leaves no release: NEW stopped and the socket retired, so
         connections are refused rather than queued for nobody."""
-        await self.systemd.stop(dep.new_unit)
+        await self._retire(dep.new_unit)
         self.store.set_app_state(dep.app.name, current=None)
-        await self.systemd.stop(dep.app.socket_unit)
+        await self._retire(dep.app.socket_unit)
         self.systemd.disable(dep.app.socket_unit)
         self.units.clear_socket_pointer(dep.app)
         await self._reload(dep)

@@ -56,6 +56,7 @@ class Systemd(Protocol):
     async def start(self, unit: str) -> str: ...
     async def stop(self, unit: str) -> str: ...
     async def daemon_reload(self) -> None: ...
+    def reset_failed(self, unit: str) -> None: ...
     def enable(self, unit: str) -> None: ...
     def disable(self, unit: str) -> None: ...
     def status(self, unit: str) -> UnitStatus: ...
@@ -88,6 +89,7 @@ class NoSystemd:
                                  hint="app operations need the agent running under systemd")
 
     start = stop = daemon_reload = enable = disable = status = wait_for_change = unit_metrics = _refuse
+    reset_failed = _refuse
 
     def instances(self, pattern: str) -> list[UnitStatus]:
         return []
@@ -205,6 +207,13 @@ class PystemdSystemd:
             raise SystemdCallFailed(f"systemctl daemon-reload exited with {proc.returncode}: "
                                     f"{err.decode(errors='replace').strip()}",
                                     hint="see systemd's journal (journalctl -b _PID=1)")
+
+    def reset_failed(self, unit: str) -> None:
+        try:
+            self._manager.Manager.ResetFailedUnit(unit.encode())
+        except Exception as exc:  # not loaded any more, or never failed: nothing to forget
+            log.debug("reset-failed %s: %s", unit, exc)
+        self._kick()
 
     def enable(self, unit: str) -> None:
         self._manager.Manager.EnableUnitFiles([unit.encode()], False, True)

@@ -56,6 +56,12 @@ class FakeSystemd:
         self.calls.append(("daemon-reload", ""))
         self.reloads += 1
 
+    def reset_failed(self, unit: str) -> None:
+        self.calls.append(("reset-failed", unit))
+        u = self.unit(unit)
+        if u.active_state == "failed":
+            u.active_state, u.sub_state, u.result = "inactive", "dead", "success"
+
     def enable(self, unit: str) -> None:
         self.calls.append(("enable", unit))
 

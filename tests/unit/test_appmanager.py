@@ -9,6 +9,7 @@ from bloom_agent.auth import Caller
 from bloom_agent.errors import BloomError, ConfigError
 from bloom_agent.state import StateStore
 from bloom_agent.unitfiles import UnitPaths, UnitWriter
+from bloom_agent.unitfailure import no_journal
 from fake_systemd import FakeJournal, FakeSystemd
 
 ROOT = Caller(pid=1, uid=0, gid=0)
@@ -29,6 +30,7 @@ class Env:
         self.manager = AppManager(self.apps_dir, tmp_path / "rel", self.store, self.systemd,
                                   UnitWriter(UnitPaths(etc=tmp_path / "etc", run=tmp_path / "run")))
         self.manager.switcher.journal_monitor = FakeJournal
+        self.manager.switcher.journal_tail = no_journal
         self.run(self.manager.load())
 
     def run(self, coro):

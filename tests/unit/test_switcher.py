@@ -6,6 +6,7 @@ import pytest
 from bloom_agent.apps import load_app
 from bloom_agent.state import StateStore
 from bloom_agent.switcher import Switcher
+from bloom_agent.unitfailure import no_journal
 from bloom_agent.unitfiles import UnitPaths, UnitWriter
 from fake_systemd import FakeJournal, FakeSystemd
 
@@ -21,7 +22,8 @@ def env(tmp_path):
     units = UnitWriter(UnitPaths(etc=tmp_path / "etc", run=tmp_path / "run"))
     systemd = FakeSystemd()
     FakeJournal.entries = []
-    return app, store, units, systemd, Switcher(systemd, store, units, journal_monitor=FakeJournal)
+    return app, store, units, systemd, Switcher(systemd, store, units, journal_monitor=FakeJournal,
+                                                         journal_tail=no_journal)
 
 
 def deploy(env, version, caller="root"):
@@ -52,7 +54,9 @@ def test_switch_starts_new_before_stopping_old_with_one_reload(env):
     _, out = deploy(env, "2.0.0")
     assert out.outcome == "done" and out.from_version == "1.0.0"
     # The reload comes after OLD is stopped: never between NEW's READY and the moment requests move.
-    assert systemd.calls == [("start", "web@2.0.0.service"), ("stop", "web@1.0.0.service"), ("daemon-reload", "")]
+    # The old release is forgotten once stopped, so it never lingers in 'systemctl --failed'.
+    assert systemd.calls == [("start", "web@2.0.0.service"), ("stop", "web@1.0.0.service"),
+                             ("reset-failed", "web@1.0.0.service"), ("daemon-reload", "")]
     assert store.release("web", "2.0.0")["status"] == "good"
     assert store.app_state("web")["current"] == "2.0.0"
 
@@ -64,7 +68,8 @@ def test_new_release_that_never_gets_ready_leaves_old_serving(env):
     systemd.calls.clear()
     _, out = deploy(env, "2.0.0")
     assert (out.outcome, out.exit_code, out.serving) == ("failed", 3, "1.0.0")
-    assert "web@2.0.0.service did not become ready within 30 s (start job: timeout" in out.reason
+    assert out.reason.startswith("web@2.0.0.service did not become ready within 30 s (web@2.0.0.service is failed")
+    assert out.reason.endswith("; see: journalctl -u web@2.0.0.service")
     assert ("stop", "web@1.0.0.service") not in systemd.calls
     assert systemd.unit("web@1.0.0.service").active_state == "active"
     assert units.pointed_instance(app) == "1.0.0"
@@ -91,7 +96,7 @@ def test_crash_in_probation_rolls_back_with_reverse_swap(env):
     assert (out.outcome, out.exit_code, out.serving) == ("rolled-back", 3, "1.0.0")
     assert "restarted" in out.reason
     # Reverse swap: old started again before new stopped; the reload only after that.
-    tail = systemd.calls[-3:]
+    tail = [c for c in systemd.calls if c[0] != "reset-failed"][-3:]
     assert tail == [("start", "web@1.0.0.service"), ("stop", "web@2.0.0.service"), ("daemon-reload", "")]
     assert units.pointed_instance(app) == "1.0.0"
     assert store.release("web", "2.0.0")["status"] == "failed"
