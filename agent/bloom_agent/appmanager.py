@@ -130,36 +130,57 @@ class AppManager:
 
     # -- install / remove -------------------------------------------------------------------------
 
-    async def install(self, name: str, tarball: str, version: str | None, sha256: str | None, caller: Caller) -> dict:
+    async def install(self, name: str, tarball: str, version: str | None, sha256: str | None, caller: Caller,
+                      strip: int = 0) -> dict:
         app = self.app(name)
         holder = self._acquire(name, "install", caller.user)
         try:
-            return await self._install(app, Path(tarball), version, sha256, caller)
+            return await self._install(app, Path(tarball), version, sha256, caller, strip)
         finally:
             self._release(name, holder)
 
     async def _install(self, app: AppConfig, tarball: Path, version: str | None, sha256: str | None,
-                       caller: Caller) -> dict:
+                       caller: Caller, strip: int) -> dict:
         version = version or releases.version_from_name(app.name, tarball)
         dep = self.store.begin_deployment(app.name, "install", version, None, "installing", caller.user)
         try:
             versions.validate(version)
             if not tarball.is_absolute():
                 raise InvalidArguments(f"tarball path must be absolute, got {tarball}")
+            if not 0 <= strip <= MAX_STRIP_COMPONENTS:
+                raise InvalidArguments(f"--strip-components must be 0 to {MAX_STRIP_COMPONENTS}, got {strip}")
             _check_caller_may_read(tarball, caller)
-            if self.store.release(app.name, version):
-                raise releases.InstallError(f"{app.name} {version} is already installed",
-                                            hint=f"remove it first (bloomctl remove {app.name} {version}) or use a new version")
+            existing = self.store.release(app.name, version)
+            if existing:
+                return self._already_installed(app, tarball, version, existing, dep,
+                                               await asyncio.to_thread(releases.sha256_of, tarball))
             checksum = releases.expected_checksum(tarball, sha256, app.require_checksum)
             # Unpacking is slow disk work: off the loop, so the agent keeps answering and pinging its watchdog.
-            done = await asyncio.to_thread(releases.install, app, tarball, version, checksum)
+            done = await asyncio.to_thread(releases.install, app, tarball, version, checksum, strip)
         except BloomError as err:
             self.store.finish_deployment(dep, "failed", "failed", err.message)
             raise
         self.store.add_release(app.name, version, done.instance, done.sha256, done.size)
         self.store.finish_deployment(dep, "done", "done", f"{done.size} bytes, sha256 {done.sha256}")
         log.info("%s: installed %s (%d bytes) by %s", app.name, version, done.size, caller.user)
-        return {"app": app.name, "version": version, "path": str(done.path), "sha256": done.sha256, "size": done.size}
+        if done.warning:
+            log.warning("%s %s: %s", app.name, version, done.warning)
+        return {"app": app.name, "version": version, "path": str(done.path), "sha256": done.sha256, "size": done.size,
+                "unchanged": False, "warning": done.warning}
+
+    def _already_installed(self, app: AppConfig, tarball: Path, version: str, existing: dict, dep: int,
+                           digest: str) -> dict:
+        """The same tarball again is a no-op (a CI job that re-runs); other contents under the same
+        version are refused: a version names one release for good."""
+        if digest != existing["sha256"]:
+            raise releases.InstallError(
+                f"{app.name} {version} is already installed with other contents (sha256 {existing['sha256'][:16]}..., "
+                f"{tarball.name} has {digest[:16]}...)",
+                hint="a version names one release for good: build this one as a new version")
+        self.store.finish_deployment(dep, "done", "unchanged", "already installed with the same contents")
+        path = app.releases_dir / existing["instance"]
+        return {"app": app.name, "version": version, "path": str(path), "sha256": digest, "size": existing["size"],
+                "unchanged": True, "warning": ""}
 
     async def remove(self, name: str, version: str, caller: Caller) -> dict:
         app = self.app(name)
@@ -243,6 +264,24 @@ class AppManager:
         # shield: a client that goes away must not cancel the switch itself
         outcome = await asyncio.shield(task)
         return outcome.as_dict()
+
+    async def deploy(self, name: str, tarball: str, version: str | None, sha256: str | None, caller: Caller,
+                     progress: Progress = no_progress, wait: bool = True, strip: int = 0) -> dict:
+        """Install, then switch. Deploying again what is installed and serving is a successful no-op."""
+        installed = await self.install(name, tarball, version, sha256, caller, strip)
+        version = installed["version"]
+        if installed["warning"]:
+            progress({"step": "installed", "version": version, "warning": installed["warning"]})
+        if installed["unchanged"]:
+            current = self.store.app_state(name)["current"]
+            if version == current:
+                return {"app": name, "deployment": None, "version": version, "from_version": version,
+                        "outcome": "unchanged", "exit_code": 0, "serving": version, "timings": {},
+                        "reason": f"{name} {version} is already installed and serving; nothing to do"}
+            raise ReleaseError(f"{name} {version} is already installed but not serving (current: {current or 'none'})",
+                               hint=f"to serve it: bloomctl switch {name} {version}")
+        progress({"step": "installed", "version": version})
+        return await self.switch(name, version, caller, progress, wait=wait)
 
     async def _run(self, app: AppConfig, dep: Deployment, holder: Holder, progress: Progress) -> Outcome:
         try:
@@ -411,6 +450,9 @@ class AppManager:
         for task in list(self._tasks):
             task.cancel()
 
+
+# More than a build directory and a prefix or two is a packing mistake, not a layout.
+MAX_STRIP_COMPONENTS = 3
 
 # Which releases retention removes first; unknown statuses after these, then the oldest first.
 RETENTION_ORDER = {"failed": 0, "rolled-back": 0, "installed": 1, "good": 2}

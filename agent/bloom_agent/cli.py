@@ -111,6 +111,9 @@ def _tarball(path: Path) -> str:
     return str(path.resolve())
 version_option = click.option("--version", "version", help="Release version (default: from the file name APP-VERSION.tar.gz).")
 sha256_option = click.option("--sha256", help="Expected SHA-256 (default: from TARBALL.sha256 next to it).")
+strip_option = click.option("--strip-components", "strip", type=click.IntRange(0, 3), default=0, show_default=True,
+                            help="Drop this many leading directories from the tarball's paths, like tar's option "
+                                 "(for a tarball packed with its build directory).")
 
 
 @cli.command()
@@ -118,17 +121,24 @@ sha256_option = click.option("--sha256", help="Expected SHA-256 (default: from T
 @tarball_argument
 @version_option
 @sha256_option
+@strip_option
 @json_option
 @click.pass_obj
-def install(obj: Context, app: str, tarball: Path, version: str | None, sha256: str | None, as_json: bool) -> None:
+def install(obj: Context, app: str, tarball: Path, version: str | None, sha256: str | None, strip: int,
+            as_json: bool) -> None:
     """Validate and unpack a release of APP from TARBALL."""
     # Unpacking a large release takes as long as it takes: no client-side time limit.
-    result = obj.call("install", {"app": app, "tarball": _tarball(tarball), "version": version, "sha256": sha256},
-                      timeout=None)
+    result = obj.call("install", {"app": app, "tarball": _tarball(tarball), "version": version, "sha256": sha256,
+                                  "strip_components": strip}, timeout=None)
     if as_json:
         _print_json(result)
+        return
+    if result["unchanged"]:
+        click.echo(f"{app} {result['version']} is already installed with the same contents, in {result['path']}")
     else:
         click.echo(f"installed {app} {result['version']} ({result['size']} bytes) in {result['path']}")
+    if result["warning"]:
+        click.echo(f"warning: {result['warning']}", err=True)
 
 
 @cli.command()
@@ -177,14 +187,15 @@ def switch(obj: Context, app: str, version: str, wait: bool, as_json: bool) -> N
 @tarball_argument
 @version_option
 @sha256_option
+@strip_option
 @wait_option
 @json_option
 @click.pass_obj
-def deploy(obj: Context, app: str, tarball: Path, version: str | None, sha256: str | None, wait: bool,
+def deploy(obj: Context, app: str, tarball: Path, version: str | None, sha256: str | None, strip: int, wait: bool,
            as_json: bool) -> None:
-    """Install TARBALL and switch APP to it."""
+    """Install TARBALL and switch APP to it (already installed and serving: nothing to do, exit 0)."""
     _report_switch(obj, "deploy", {"app": app, "tarball": _tarball(tarball), "version": version,
-                                   "sha256": sha256, "wait": wait}, as_json)
+                                   "sha256": sha256, "wait": wait, "strip_components": strip}, as_json)
 
 
 @cli.command()
@@ -236,6 +247,9 @@ def _report_switch(obj: Context, command: str, args: dict, as_json: bool) -> Non
     show_progress = sys.stderr.isatty() and not as_json
 
     def on_progress(p: dict) -> None:
+        if p.get("warning") and not as_json:
+            click.echo(f"warning: {p['warning']}", err=True)  # said whether or not anyone watches
+            return
         if not show_progress:
             return
         if p.get("step") == "probation" and "watching" in p:
@@ -255,6 +269,8 @@ def _report_switch(obj: Context, command: str, args: dict, as_json: bool) -> Non
         raise Detached(args["app"], command) from None
     if as_json:
         _print_json(result)
+    elif result["outcome"] == "unchanged":
+        click.echo(f"{result['app']}: {result['version']} is already installed and serving; nothing to do")
     elif result["outcome"] in ("started", "aborting"):
         click.echo(f"{result['app']}: {command} to {result['version']} {result['outcome']} (deployment {result['deployment']})")
     else:

@@ -70,9 +70,10 @@ async def reload(agent: "Agent", caller: Caller, args: dict[str, Any], progress:
 
 
 async def install(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    a = Args("install", args, {"app", "tarball", "version", "sha256"})
+    a = Args("install", args, {"app", "tarball", "version", "sha256", "strip_components"})
     return await agent.apps.install(a.get("app", str, required=True), a.get("tarball", str, required=True),
-                                    a.get("version", str), a.get("sha256", str), caller)
+                                    a.get("version", str), a.get("sha256", str), caller,
+                                    strip=a.get("strip_components", int, 0))
 
 
 async def releases(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> list[dict]:
@@ -92,12 +93,10 @@ async def switch(agent: "Agent", caller: Caller, args: dict[str, Any], progress:
 
 
 async def deploy(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    a = Args("deploy", args, {"app", "tarball", "version", "sha256", "wait"})
-    app = a.get("app", str, required=True)
-    installed = await agent.apps.install(app, a.get("tarball", str, required=True), a.get("version", str),
-                                         a.get("sha256", str), caller)
-    progress({"step": "installed", "version": installed["version"]})
-    return await agent.apps.switch(app, installed["version"], caller, progress, wait=a.get("wait", bool, True))
+    a = Args("deploy", args, {"app", "tarball", "version", "sha256", "wait", "strip_components"})
+    return await agent.apps.deploy(a.get("app", str, required=True), a.get("tarball", str, required=True),
+                                   a.get("version", str), a.get("sha256", str), caller, progress,
+                                   wait=a.get("wait", bool, True), strip=a.get("strip_components", int, 0))
 
 
 async def rollback(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> dict[str, Any]:

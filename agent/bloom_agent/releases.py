@@ -40,6 +40,7 @@ class Installed:
     path: Path
     sha256: str
     size: int
+    warning: str = ""
 
 
 def version_from_name(app: str, tarball: Path) -> str:
@@ -130,14 +131,32 @@ def _no_symlink_on_the_way(dest: Path, rel: PurePosixPath, name: str) -> None:
             raise InstallError(f"archive member {name!r} is written through the link {str(path.relative_to(dest))!r}")
 
 
-def unpack(tarball: Path, dest: Path, max_bytes: int) -> int:
-    """Unpack into the empty directory ``dest``; return the total size of regular files."""
+def _strip(name: str, strip: int) -> str | None:
+    """``name`` without its first ``strip`` components (tar's --strip-components); None if nothing is left."""
+    if not strip:
+        return name
+    parts = [p for p in PurePosixPath(name).parts if p not in (".", "")]
+    return str(PurePosixPath(*parts[strip:])) if len(parts) > strip else None
+
+
+def unpack(tarball: Path, dest: Path, max_bytes: int, strip: int = 0) -> int:
+    """Unpack into the empty directory ``dest``; return the total size of regular files.
+    ``strip`` drops that many leading path components from every member, like tar's --strip-components."""
     total = 0
     with open(tarball, "rb") as fh:
         try:
             archive = _open_stream(tarball, fh)
             with archive:
                 for member in archive:
+                    stripped = _strip(member.name, strip)
+                    if stripped is None:
+                        continue  # the prefix directories themselves
+                    if member.islnk():
+                        linkname = _strip(member.linkname, strip)
+                        if linkname is None:
+                            raise InstallError(f"hard link {member.name!r} points into the stripped prefix")
+                        member.linkname = linkname
+                    member.name = stripped
                     rel = _safe_relpath(member.name)
                     _no_symlink_on_the_way(dest, rel, member.name)
                     target = dest / rel
@@ -194,6 +213,25 @@ def _decompression_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _check_layout(app: AppConfig, root: Path, version: str) -> str:
+    """A tarball packed with its build directory (``tar czf web-1.4.0.tar.gz web-1.4.0/``, ``git archive
+    --prefix``) puts the whole release one level down: the app then starts in the wrong directory.
+    Refused when it is surely that; otherwise returned as a warning."""
+    entries = list(root.iterdir())
+    if len(entries) != 1 or not entries[0].is_dir() or entries[0].is_symlink():
+        return ""
+    prefix = entries[0].name
+    program = app.argv[0]
+    if not program.startswith("/") and PurePosixPath(program).parts[0] == prefix:
+        return ""  # the app file names its program through that directory: meant so
+    fix = (f"pack the release from inside that directory (tar -czf {app.name}-{version}.tar.gz -C {prefix} .; "
+           f"git archive without --prefix), or install it with --strip-components 1")
+    what = f"everything in the tarball is under one directory, {prefix + '/'!r}"
+    if not program.startswith("/") or version in prefix:
+        raise InstallError(f"{what}: the release would run from the directory above its files", hint=fix)
+    return f"{what}; the app starts in the directory above it. If that is a packaging prefix: {fix}"
+
+
 def _check_exec(app: AppConfig, root: Path) -> None:
     program = app.argv[0]
     if program.startswith("/"):
@@ -227,7 +265,7 @@ def _size(n: int) -> str:
     return f"{n:.1f} GiB"
 
 
-def install(app: AppConfig, tarball: Path, version: str, checksum: str | None) -> Installed:
+def install(app: AppConfig, tarball: Path, version: str, checksum: str | None, strip: int = 0) -> Installed:
     """Validate and unpack; the caller records the result. Raises InstallError and leaves nothing."""
     versions.validate(version)
     instance = versions.instance(version)
@@ -247,7 +285,8 @@ def install(app: AppConfig, tarball: Path, version: str, checksum: str | None) -
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(mode=0o755)
     try:
-        size = unpack(tarball, staging, app.max_release_bytes)
+        size = unpack(tarball, staging, app.max_release_bytes, strip)
+        warning = _check_layout(app, staging, version)
         _check_exec(app, staging)
         _check_free_space(app, 0)
         os.chmod(staging, 0o755)
@@ -259,7 +298,7 @@ def install(app: AppConfig, tarball: Path, version: str, checksum: str | None) -
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return Installed(version=version, instance=instance, path=final, sha256=digest, size=size)
+    return Installed(version=version, instance=instance, path=final, sha256=digest, size=size, warning=warning)
 
 
 def remove_staging_leftovers(app: AppConfig) -> list[Path]:

@@ -125,3 +125,39 @@ def test_reload_warns_about_checks_that_cannot_trip_within_probation(env):
     [warning] = env.manager.app_warnings
     assert "health check http#0 needs up to 13 s to trip (3 failures x (2 s interval + 2 s timeout) + 1 s), " \
            "more than probation_sec = 10" in warning
+
+
+def _tarball(tmp_path, name="web-1.0.0.tar.gz", content=b"#!/bin/sh\n"):
+    import io
+    import tarfile
+
+    path = tmp_path / name
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo("bin/app")
+        info.mode, info.size = 0o755, len(content)
+        tar.addfile(info, io.BytesIO(content))
+    return path
+
+
+def test_deploying_what_is_installed_and_serving_again_is_a_successful_no_op(env):
+    tarball = _tarball(env.tmp)
+    first = env.run(env.manager.deploy("web", str(tarball), None, None, ROOT))
+    assert (first["outcome"], first["version"]) == ("done", "1.0.0")
+    again = env.run(env.manager.deploy("web", str(tarball), None, None, ROOT))
+    assert (again["outcome"], again["exit_code"]) == ("unchanged", 0)
+    assert again["reason"] == "web 1.0.0 is already installed and serving; nothing to do"
+    assert [h["outcome"] for h in env.manager.history("web", 10)][:1] == ["unchanged"]
+
+
+def test_same_version_other_contents_is_refused_and_installed_not_serving_hints_switch(env):
+    first = _tarball(env.tmp)
+    env.run(env.manager.deploy("web", str(first), None, None, ROOT))
+    (env.tmp / "other").mkdir()
+    other = _tarball(env.tmp / "other", content=b"#!/bin/sh\necho changed\n")
+    with pytest.raises(BloomError, match="web 1.0.0 is already installed with other contents"):
+        env.run(env.manager.install("web", str(other), None, None, ROOT))
+    env.run(env.manager.deploy("web", str(_tarball(env.tmp, "web-2.0.0.tar.gz")), None, None, ROOT))
+    with pytest.raises(BloomError) as info:
+        env.run(env.manager.deploy("web", str(first), None, None, ROOT))
+    assert str(info.value.message) == "web 1.0.0 is already installed but not serving (current: 2.0.0)"
+    assert info.value.hint == "to serve it: bloomctl switch web 1.0.0"

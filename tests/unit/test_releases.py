@@ -157,3 +157,38 @@ def test_staging_leftovers_are_removed(app):
     (app.releases_dir / "0.9.0").mkdir()
     releases.remove_staging_leftovers(app)
     assert [p.name for p in app.releases_dir.iterdir()] == ["0.9.0"]
+
+
+PREFIXED = [("web-1.4.0", b"", tarfile.DIRTYPE, 0o755, ""), ("web-1.4.0/bin/server", b"#!/bin/sh\n", tarfile.REGTYPE, 0o755, ""),
+            ("web-1.4.0/static/a.txt", b"hello", tarfile.REGTYPE, 0o644, ""),
+            ("web-1.4.0/static/b.txt", b"", tarfile.LNKTYPE, 0o644, "web-1.4.0/static/a.txt")]
+
+
+def _with_exec(app, exec_line):
+    return app.__class__(**{**app.__dict__, "exec": exec_line})
+
+
+@pytest.mark.parametrize("exec_line", ["bin/server", "/usr/bin/python3 -m web"])
+def test_one_top_level_directory_named_for_the_version_is_refused(app, tmp_path, exec_line):
+    tarball = make_tar(tmp_path / "web-1.4.0.tar.gz", PREFIXED)
+    with pytest.raises(releases.InstallError) as info:
+        releases.install(_with_exec(app, exec_line), tarball, "1.4.0", None)
+    assert "everything in the tarball is under one directory, 'web-1.4.0/'" in str(info.value)
+    assert "tar -czf web-1.4.0.tar.gz -C web-1.4.0 ." in info.value.hint and "--strip-components 1" in info.value.hint
+    assert list(app.releases_dir.iterdir()) == []
+
+
+def test_strip_components_installs_a_prefixed_tarball(app, tmp_path):
+    done = releases.install(app, make_tar(tmp_path / "web-1.4.0.tar.gz", PREFIXED), "1.4.0", None, strip=1)
+    assert (done.path / "bin" / "server").read_bytes() == b"#!/bin/sh\n"
+    assert (done.path / "static" / "b.txt").read_bytes() == b"hello" and not done.warning
+
+
+def test_one_directory_is_fine_when_exec_goes_through_it_and_a_warning_otherwise(app, tmp_path):
+    package = [("pkg", b"", tarfile.DIRTYPE, 0o755, ""), ("pkg/server", b"#!/bin/sh\n", tarfile.REGTYPE, 0o755, "")]
+    done = releases.install(_with_exec(app, "pkg/server"), make_tar(tmp_path / "a.tar.gz", package), "1.0.0", None)
+    assert done.warning == ""
+    done = releases.install(_with_exec(app, "/usr/bin/python3 -m pkg"), make_tar(tmp_path / "b.tar.gz", package),
+                            "1.0.1", None)
+    assert done.warning.startswith("everything in the tarball is under one directory, 'pkg/'; the app starts in the "
+                                   "directory above it")
