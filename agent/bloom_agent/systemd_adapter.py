@@ -44,7 +44,9 @@ class UnitStatus:
         return self.active_state not in ("inactive", "failed")
 
     def describe(self) -> str:
-        text = f"{self.name} is {self.active_state} ({self.sub_state}), result {self.result}"
+        text = f"{self.name} is {self.active_state} ({self.sub_state})"
+        if self.result:
+            text += f", result {self.result}"
         if self.exec_main_status:
             text += f", exit status {self.exec_main_status}"
         if self.n_restarts:

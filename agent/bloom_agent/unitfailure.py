@@ -32,7 +32,9 @@ JournalTail = Callable[[str, float], list[str]]
 
 
 def journal_tail(unit: str, since: float, limit: int = QUOTED_LINES) -> list[str]:
-    """The last ``limit`` messages logged by ``unit`` (or by systemd about it) since ``since``."""
+    """The last ``limit`` messages about ``unit`` since ``since``: for a service, what its program
+    wrote (systemd's own "Failed with result" lines say nothing the reason does not); for a socket,
+    the errors systemd logged about it (a bind that failed)."""
     from systemd import journal
 
     lines = _read(journal, unit, since, limit)
@@ -46,11 +48,10 @@ def _read(journal, unit: str, since: float, limit: int) -> list[str]:
     reader = journal.Reader()
     try:
         reader.this_boot()
-        reader.add_match(_SYSTEMD_UNIT=unit)
-        reader.add_disjunction()
-        reader.add_match(UNIT=unit, PRIORITY="3")  # systemd's own errors about it (a socket's bind)
-        reader.add_disjunction()
-        reader.add_match(UNIT=unit, PRIORITY="4")
+        if unit.endswith(".service"):
+            reader.add_match(_SYSTEMD_UNIT=unit)
+        else:
+            reader.add_match(UNIT=unit, PRIORITY="3")
         reader.seek_realtime(since)
         lines = [str(entry.get("MESSAGE", "")) for entry in iter(reader.get_next, {})]
     finally:

@@ -1,0 +1,253 @@
+"""The safety promise and failures that explain themselves, on real systemd: what a new user ran into.
+
+A short probation must not bless a release whose health check is failing; a rollback never returns to
+a release rolled back; retention keeps the release that served before; and each way a release or an
+app file can be wrong says what happened and what to do.
+"""
+
+import io
+import json
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from test_agent_package import wait_until
+from test_switch import _member, _tar_bytes, make_release, ready_timeout
+
+pytestmark = pytest.mark.usefixtures("installed")
+
+SAFE_FILE = """\
+listen = ["127.0.0.1:8082"]
+exec = "bin/sampleapp"
+probation_sec = {probation}
+ready_timeout_sec = {ready}
+stop_timeout_sec = 10
+keep_releases = {keep}
+{extra}"""
+
+# A check that answers within 1 s or fails: 3 x (2 s + 1 s) + 1 s = 10 s to trip, past a 3 s probation.
+HTTP_CHECK = """
+[[health_check]]
+type = "http"
+interval_sec = 2
+timeout_sec = 1
+failures = 3
+"""
+
+
+class Safe:
+    """The app 'safe' on the machine; releases of the sample app, or hand-made tarballs."""
+
+    name, port = "safe", 8082
+
+    def __init__(self, machine, workdir: Path) -> None:
+        self.machine, self.host, self.workdir = machine, machine.host, workdir
+        self.host.check_output("mkdir -p /etc/bloom/apps /root/releases")
+        self.configure()
+
+    def configure(self, probation: float = 1, keep: int = 10, extra: str = "") -> str:
+        text = SAFE_FILE.format(probation=probation, ready=ready_timeout(self.machine, 5), keep=keep, extra=extra)
+        self.host.check_output(f"cat > /etc/bloom/apps/safe.toml <<'EOF'\n{text}EOF")
+        out = self.host.run("bloomctl reload")
+        assert out.rc == 0, out.stderr
+        return out.stderr
+
+    def release(self, version: str, faults: dict | None = None, validate: bool = True) -> str:
+        built = make_release(version, self.workdir, faults=faults, validate=validate)
+        return self.put(built.read_bytes(), f"safe-{version}.tar.gz")
+
+    def put(self, data: bytes, name: str) -> str:
+        local = self.workdir / name
+        local.write_bytes(data)
+        self.machine.put(local, f"/root/releases/{name}")
+        return f"/root/releases/{name}"
+
+    def bloomctl(self, *args: str):
+        return self.host.run("bloomctl " + " ".join(args))
+
+    def deploy(self, version: str, faults: dict | None = None):
+        return self.bloomctl("deploy safe", self.release(version, faults))
+
+    def serving(self) -> str:
+        return self.host.check_output(f"curl -sS --max-time 5 http://127.0.0.1:{self.port}/")
+
+    def status(self) -> dict:
+        return json.loads(self.host.check_output("bloomctl status safe --json"))
+
+    def releases(self) -> dict[str, str]:
+        return {r["version"]: r["status"] for r in json.loads(self.host.check_output("bloomctl releases safe --json"))}
+
+
+@pytest.fixture(scope="module")
+def safe(machine, tmp_path_factory):
+    safe = Safe(machine, tmp_path_factory.mktemp("safe"))
+    out = safe.deploy("1.0.0")
+    assert out.rc == 0, out.stderr
+    return safe
+
+
+def test_a_hanging_health_route_with_a_short_probation_is_rolled_back(safe):
+    warning = safe.configure(probation=3, extra=HTTP_CHECK)
+    try:
+        assert "health check http#0 needs up to 10 s to trip" in warning and "probation_sec = 3" in warning
+        # every answer takes 3 s: the check's 1 s timeout fails it each time
+        out = safe.deploy("1.1.0", {"slow_response_ms": 3000})
+        assert out.rc == 3, out.stdout + out.stderr
+        assert "probation: health check http#0 failed 3 times in a row: no answer within 1 s" in out.stderr
+        assert safe.serving() == "sampleapp 1.0.0"
+        assert safe.releases()["1.1.0"] == "failed"
+        log = safe.host.check_output("journalctl -u bloom-agent --no-pager -o cat -n 50")
+        assert "probation of 1.1.0 extended by up to" in log
+        # a healthy release still passes with the same settings, after its 3 s
+        assert safe.deploy("1.2.0").rc == 0
+    finally:
+        safe.configure()
+
+
+def test_rollback_after_rollback_never_returns_to_a_rolled_back_release(safe):
+    assert safe.deploy("1.3.0").rc == 0
+    assert safe.status()["current"] == "1.3.0"
+    out = safe.bloomctl("rollback safe")
+    assert out.rc == 0, out.stderr
+    assert safe.serving() == "sampleapp 1.2.0"
+    statuses = safe.releases()
+    assert (statuses["1.3.0"], statuses["1.2.0"], statuses["1.0.0"]) == ("rolled-back", "current", "previous")
+    out = safe.bloomctl("rollback safe")
+    assert out.rc == 0, out.stderr
+    assert safe.serving() == "sampleapp 1.0.0"
+    out = safe.bloomctl("rollback safe")
+    assert out.rc == 1 and "safe has no earlier good release to roll back to" in out.stderr
+    # named, a rolled-back release is a valid target
+    assert safe.bloomctl("rollback safe --to 1.3.0").rc == 0
+    assert safe.releases()["1.3.0"] == "current"
+
+
+def test_retention_keeps_the_previous_release_and_removes_failed_and_never_run_first(safe):
+    # installed now: 1.0.0 (rolled-back), 1.1.0 (failed), 1.2.0 (rolled-back), 1.3.0 (current)
+    assert safe.bloomctl("install safe", safe.release("1.4.0")).rc == 0  # never run
+    safe.configure(keep=2)
+    try:
+        out = safe.deploy("1.5.0")
+        assert out.rc == 0, out.stderr
+        statuses = safe.releases()
+        assert statuses["1.5.0"] == "current" and statuses["1.3.0"] == "previous", statuses
+        assert "1.1.0" not in statuses and "1.4.0" not in statuses, statuses
+        log = safe.host.check_output("journalctl -u bloom-agent --no-pager -o cat -n 30")
+        assert "safe: cleaned up old releases 1.0.0, 1.1.0, 1.2.0, 1.4.0" in log
+    finally:
+        safe.configure()
+
+
+def test_deploying_the_serving_version_again_is_a_successful_no_op(safe):
+    current = safe.status()["current"]
+    again = safe.bloomctl("deploy safe", f"/root/releases/safe-{current}.tar.gz")
+    assert again.rc == 0, again.stderr
+    assert f"safe: {current} is already installed and serving; nothing to do" in again.stdout
+    assert safe.status()["current"] == current
+
+
+def _program(version: str, program: bytes, prefix: str = "") -> bytes:
+    return _tar_bytes([_member(f"{prefix}bin/sampleapp", program), _member(f"{prefix}VERSION", f"{version}\n".encode(),
+                                                                           mode=0o644)])
+
+
+@pytest.mark.parametrize("version, program, expected", [
+    ("2.0.1", b"#!/bin/sh\necho 'cannot open config' >&2\nexit 2\n",
+     r"safe@2\.0\.1\.service exited with status 2 after \d+\.\d s, before it was ready; last lines: .*cannot open config"),
+    ("2.0.2", b"#!/bin/sh\nexit 0\n", r"safe@2\.0\.2\.service exited without sending READY=1, after \d+\.\d s"),
+    ("2.0.3", b"#!/usr/bin/python3\nimport socket\nsocket.socket().bind(('127.0.0.1', 8082))\n",
+     r"Address already in use; the program binds its own port, but safe\.socket already holds it"),
+], ids=["exit-status", "no-ready", "binds-own-port"])
+def test_a_release_that_exits_at_once_says_how_and_where_to_look(safe, version, program, expected):
+    import re
+
+    current = safe.status()["current"]
+    out = safe.bloomctl("deploy safe", safe.put(_program(version, program), f"safe-{version}.tar.gz"))
+    assert out.rc == 3, out.stdout + out.stderr
+    assert re.search(expected, out.stderr), out.stderr
+    assert f"see: journalctl -u safe@{version}.service" in out.stderr
+    assert safe.serving() == f"sampleapp {current}"
+    # what the agent is done with does not linger as failed units (the host would turn 'degraded')
+    assert safe.host.check_output("systemctl list-units --failed --no-legend --plain 'safe*'") == ""
+
+
+def test_a_tarball_packed_with_its_directory_is_refused_naming_the_prefix(safe):
+    data = _program("2.1.0", (Path(make_release.__code__.co_filename).parent / "sampleapp.py").read_bytes(),
+                    prefix="safe-2.1.0/")
+    path = safe.put(data, "safe-2.1.0.tar.gz")
+    out = safe.bloomctl("install safe", path)
+    assert out.rc == 1
+    assert "everything in the tarball is under one directory, 'safe-2.1.0/'" in out.stderr
+    assert "tar -czf safe-2.1.0.tar.gz -C safe-2.1.0 ." in out.stderr
+    assert "2.1.0" not in safe.releases()
+    out = safe.bloomctl("deploy --strip-components 1 safe", path)
+    assert out.rc == 0, out.stderr
+    assert safe.serving() == "sampleapp 2.1.0"
+
+
+def test_an_app_file_that_does_not_load_is_named_with_its_reason(safe):
+    safe.host.check_output("cp /etc/bloom/apps/safe.toml /root/safe.toml.good && "
+                           "sed -i 's/^probation_sec = .*/probation_sec = \"10s\"/' /etc/bloom/apps/safe.toml")
+    try:
+        assert "not loaded: /etc/bloom/apps/safe.toml: key 'probation_sec'" in safe.bloomctl("reload").stderr
+        out = safe.bloomctl("deploy safe", safe.release("2.2.0"))
+        assert out.rc == 78, out.stderr
+        assert "safe.toml was not loaded: /etc/bloom/apps/safe.toml: key 'probation_sec': must be a number" in out.stderr
+        assert "fix the file, then: bloomctl reload" in out.stderr
+    finally:
+        safe.host.check_output("cp /root/safe.toml.good /etc/bloom/apps/safe.toml && bloomctl reload")
+
+
+def test_two_apps_on_one_address_are_refused_at_reload(safe):
+    safe.host.check_output("printf 'listen = [\"0.0.0.0:8082\"]\\nexec = \"bin/x\"\\n' > /etc/bloom/apps/dup.toml")
+    try:
+        out = safe.bloomctl("reload")
+        assert ("not loaded: /etc/bloom/apps/dup.toml: listen address 0.0.0.0:8082 clashes with 127.0.0.1:8082 of "
+                "app 'safe' (/etc/bloom/apps/safe.toml)") in out.stderr
+        assert "dup" not in json.loads(safe.host.check_output("bloomctl status --json"))["apps"]
+    finally:
+        safe.host.check_output("rm -f /etc/bloom/apps/dup.toml && bloomctl reload")
+
+
+def test_a_socket_that_cannot_bind_says_why(safe):
+    """An address held by something else on the host: the socket's own error reaches the message."""
+    safe.host.check_output("systemd-run --unit=port-holder --collect /usr/bin/python3 -c 'import socket, time; "
+                           "s = socket.socket(); s.bind((\"127.0.0.1\", 8093)); s.listen(); time.sleep(300)'")
+    safe.host.check_output("printf 'listen = [\"127.0.0.1:8093\"]\\nexec = \"bin/sampleapp\"\\n' "
+                           "> /etc/bloom/apps/held.toml && bloomctl reload")
+    try:
+        wait_until(lambda: safe.host.run("bash -c 'exec 3<>/dev/tcp/127.0.0.1/8093'").rc == 0, 10, "the holder")
+        built = make_release("1.0.0", safe.workdir / "held")
+        safe.machine.put(built, "/root/releases/held-1.0.0.tar.gz")
+        out = safe.bloomctl("deploy held /root/releases/held-1.0.0.tar.gz")
+        assert out.rc == 3, out.stdout + out.stderr
+        assert "cannot start held.socket: held.socket is failed" in out.stderr
+        assert "Address already in use" in out.stderr and "see: journalctl -u held.socket" in out.stderr
+        assert safe.host.check_output("systemctl list-units --failed --no-legend --plain 'held*'") == ""
+    finally:
+        safe.host.run("systemctl stop port-holder; rm -f /etc/bloom/apps/held.toml; bloomctl reload")
+
+
+def test_a_tarball_the_caller_cannot_read_gets_bloomctls_error_form(safe):
+    path = safe.release("2.3.0")
+    safe.host.check_output(f"id alice || useradd --create-home --groups bloom alice; chmod 600 {path}")
+    out = safe.host.run(f"runuser -u alice -- bloomctl install safe {path}")
+    assert out.rc == 2, out.stderr
+    assert out.stderr.startswith(f"bloomctl: cannot read {path}: permission denied"), out.stderr
+    assert "Invalid value" not in out.stderr
+
+
+def test_ctrl_c_on_a_waiting_switch_detaches_and_the_switch_goes_on(safe):
+    path = safe.release("2.4.0")
+    safe.configure(probation=6)
+    try:
+        out = safe.host.run(f"timeout --preserve-status -s INT 4 bloomctl deploy safe {path}")
+        assert out.rc == 130, out.stdout + out.stderr
+        assert "bloomctl: detached; the switch continues in the agent" in out.stderr
+        assert "follow it: bloomctl status safe; abort it: bloomctl rollback safe" in out.stderr
+        wait_until(lambda: safe.status()["state"] == "serving", 30, "the switch to finish")
+        assert safe.status()["current"] == "2.4.0"
+    finally:
+        safe.configure()
