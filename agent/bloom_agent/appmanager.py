@@ -20,7 +20,7 @@ from typing import Any
 from . import releases, versions
 from .apps import AppConfig, describe, load_apps, probation_warnings, refuse_shared_addresses
 from .auth import Caller
-from .errors import BloomError, ConfigError, InvalidArguments
+from .errors import BloomError, Busy, ConfigError, InstallError, InvalidArguments, ReleaseError, UnknownApp
 from .healthchecks import Target, run_check
 from .hooks import run_hooks
 from .state import StateStore
@@ -32,16 +32,7 @@ from .unitfiles import UnitWriter
 log = logging.getLogger(__name__)
 
 
-class Busy(BloomError):
-    code = "busy"
 
-
-class UnknownApp(BloomError):
-    code = "unknown_app"
-
-
-class ReleaseError(BloomError):
-    code = "release"
 
 
 @dataclass
@@ -173,7 +164,7 @@ class AppManager:
         """The same tarball again is a no-op (a CI job that re-runs); other contents under the same
         version are refused: a version names one release for good."""
         if digest != existing["sha256"]:
-            raise releases.InstallError(
+            raise InstallError(
                 f"{app.name} {version} is already installed with other contents (sha256 {existing['sha256'][:16]}..., "
                 f"{tarball.name} has {digest[:16]}...)",
                 hint="a version names one release for good: build this one as a new version")
@@ -484,9 +475,9 @@ def _check_caller_may_read(path: Path, caller: Caller) -> None:
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise releases.InstallError(f"{path}: no such file") from None
+        raise InstallError(f"{path}: no such file") from None
     if not stat.S_ISREG(st.st_mode):
-        raise releases.InstallError(f"{path} is not a regular file")
+        raise InstallError(f"{path} is not a regular file")
     if caller.uid == 0:
         return
     if st.st_uid == caller.uid:
@@ -496,4 +487,4 @@ def _check_caller_may_read(path: Path, caller: Caller) -> None:
     else:
         allowed = st.st_mode & stat.S_IROTH
     if not allowed:
-        raise releases.InstallError(f"{path}: you ({caller.user}) cannot read it, so the agent will not either")
+        raise InstallError(f"{path}: you ({caller.user}) cannot read it, so the agent will not either")

@@ -8,7 +8,16 @@ written to be safe to run twice, so resuming is just running the step again.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
+
+from . import versions
+
+if TYPE_CHECKING:
+    from .apps import AppConfig
 
 
 class Step(str, Enum):
@@ -96,3 +105,51 @@ def serving_version(step: Step, old: str | None, new: str) -> str | None:
     if step in (Step.STARTING, Step.CHECKING, Step.REVERTING, Step.FAILED, Step.ROLLING_BACK, Step.ROLLED_BACK):
         return old
     return new
+
+
+@dataclass
+class Deployment:
+    """One switch in flight: what it moves between, and what it has learned on the way."""
+
+    id: int
+    app: "AppConfig"
+    action: str
+    new: str
+    old: str | None
+    caller: str
+    reason: str = ""
+    abort: asyncio.Event = field(default_factory=asyncio.Event)
+    abort_reason: str = ""
+    step: Step = Step.STARTING
+    started_at: float = field(default_factory=time.time)
+    started_monotonic: float = field(default_factory=time.monotonic)
+    # seconds spent in each step (and in daemon-reload), for bloomctl --json and the benchmark
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def unit(self, version: str) -> str:
+        return self.app.instance_unit(versions.instance(version))
+
+    @property
+    def new_unit(self) -> str:
+        return self.unit(self.new)
+
+    @property
+    def old_unit(self) -> str | None:
+        return self.unit(self.old) if self.old else None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    deployment: int
+    app: str
+    action: str
+    version: str
+    from_version: str | None
+    outcome: str
+    exit_code: int
+    reason: str
+    serving: str | None
+    timings: dict[str, float]
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()

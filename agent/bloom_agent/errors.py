@@ -71,16 +71,65 @@ class InvalidArguments(BloomError):
     exit_code = EXIT_USAGE
 
 
+class InvalidVersion(BloomError):
+    code = "invalid_version"
+
+
+class Busy(BloomError):
+    """Another operation holds the app: one at a time per app."""
+
+    code = "busy"
+
+
+class UnknownApp(BloomError):
+    code = "unknown_app"
+
+
+class ReleaseError(BloomError):
+    """A release cannot be used as asked: not installed, in use, failed before."""
+
+    code = "release"
+
+
+class InstallError(BloomError):
+    """A tarball refused, or an install that could not be completed; nothing was left behind."""
+
+    code = "install"
+
+
+class StateError(BloomError):
+    code = "state"
+
+
+class SystemdUnavailable(BloomError):
+    code = "systemd_unavailable"
+
+
+class SystemdCallFailed(BloomError):
+    code = "systemd_call_failed"
+
+
+# Every error the agent sends, by wire code, so the client raises the same type with the same exit
+# code. A test checks that no BloomError subclass of the package is missing.
 _BY_CODE = {
     cls.code: cls
     for cls in (
         BloomError,
         ConfigError,
+        AgentNotRunning,
         PermissionDenied,
         ProtocolError,
         RequestTooLarge,
         UnknownCommand,
         InvalidArguments,
+        InvalidVersion,
+        Busy,
+        UnknownApp,
+        ReleaseError,
+        InstallError,
+        StateError,
+        SystemdUnavailable,
+        SystemdCallFailed,
     )
 }
 

@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 from . import versions
 from .apps import AppConfig
-from .errors import BloomError
+from .errors import InstallError
 
 CHUNK = 1024 * 1024
 STAGING_PREFIX = ".install-"
@@ -28,9 +28,6 @@ _MAGIC = {b"\x1f\x8b": "gz", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zst"}
 _NAME = re.compile(r"^(?P<app>.+?)-(?P<version>\d+\.\d+\.\d+\S*?)\.(?:tar\.gz|tgz|tar\.xz|txz|tar\.zst|tzst)$")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
-
-class InstallError(BloomError):
-    code = "install"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import BloomError
+from .errors import StateError
 
 MIGRATIONS = [
     # 1: the agent's own life: starts, reloads, stops.
@@ -84,9 +84,6 @@ def boot_id() -> str:
 def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
-
-class StateError(BloomError):
-    code = "state"
 
 
 class StateStore:

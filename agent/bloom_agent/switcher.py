@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 from . import failpoints, monitors, unitfailure, versions
 from .apps import AppConfig
 from .healthchecks import Target, run_check
-from .deployment import FAIL, OK, OUTCOMES, RESUME_AFTER_RESTART, TERMINAL, Step, next_step
+from .deployment import FAIL, OK, OUTCOMES, RESUME_AFTER_RESTART, TERMINAL, Deployment, Outcome, Step, next_step
 from .state import StateStore, boot_id
 from .systemd_adapter import Systemd
 from .unitfiles import UnitWriter
@@ -29,54 +28,6 @@ SHUTDOWN_WAIT_SEC = 120.0
 
 def no_progress(_: dict) -> None:
     """For callers nobody is waiting on (reconcile, --no-wait)."""
-
-
-@dataclass
-class Deployment:
-    """One switch in flight: what it moves between, and what it has learned on the way."""
-
-    id: int
-    app: AppConfig
-    action: str
-    new: str
-    old: str | None
-    caller: str
-    reason: str = ""
-    abort: asyncio.Event = field(default_factory=asyncio.Event)
-    abort_reason: str = ""
-    step: Step = Step.STARTING
-    started_at: float = field(default_factory=time.time)
-    started_monotonic: float = field(default_factory=time.monotonic)
-    # seconds spent in each step (and in daemon-reload), for bloomctl --json and the benchmark
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def unit(self, version: str) -> str:
-        return self.app.instance_unit(versions.instance(version))
-
-    @property
-    def new_unit(self) -> str:
-        return self.unit(self.new)
-
-    @property
-    def old_unit(self) -> str | None:
-        return self.unit(self.old) if self.old else None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    deployment: int
-    app: str
-    action: str
-    version: str
-    from_version: str | None
-    outcome: str
-    exit_code: int
-    reason: str
-    serving: str | None
-    timings: dict[str, float]
-
-    def as_dict(self) -> dict:
-        return self.__dict__.copy()
 
 
 class Switcher:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from . import cgroupstats
-from .errors import BloomError
+from .errors import SystemdCallFailed, SystemdUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +72,6 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class SystemdUnavailable(BloomError):
-    code = "systemd_unavailable"
-
-
-class SystemdCallFailed(BloomError):
-    code = "systemd_call_failed"
 
 
 class NoSystemd:

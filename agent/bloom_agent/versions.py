@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import BloomError
+from .errors import InvalidVersion
 
 # X.Y.Z, optional -pre and +build (semver's shape, ASCII only).
 _VERSION = re.compile(
@@ -15,9 +15,6 @@ _VERSION = re.compile(
 )
 MAX_LENGTH = 64
 
-
-class InvalidVersion(BloomError):
-    code = "invalid_version"
 
 
 def validate(version: str) -> str:

@@ -45,3 +45,26 @@ def test_unknown_error_code_becomes_plain_bloom_error():
 def test_progress_and_ok_lines():
     assert json.loads(protocol.progress({"step": "x"})) == {"v": 1, "progress": {"step": "x"}}
     assert protocol.decode_response(protocol.ok({"a": 1})) == {"v": 1, "ok": True, "result": {"a": 1}}
+
+
+def test_every_error_the_agent_sends_is_rebuilt_with_its_type_and_exit_code():
+    import importlib
+    import pkgutil
+
+    import bloom_agent
+    from bloom_agent import errors
+
+    for info in pkgutil.iter_modules(bloom_agent.__path__):
+        importlib.import_module(f"bloom_agent.{info.name}")
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    for cls in subclasses(errors.BloomError):
+        if "code" not in cls.__dict__:
+            continue  # client-side only (bloomctl's outcome errors): never on the wire
+        rebuilt = errors.from_wire({"code": cls.code, "message": "m", "hint": "h"})
+        assert type(rebuilt) is cls, f"{cls.__name__} ({cls.code!r}) is missing from errors._BY_CODE"
+        assert rebuilt.exit_code == cls.exit_code and (rebuilt.message, rebuilt.hint) == ("m", "h")
