@@ -234,49 +234,72 @@ class AppManager:
                      wait: bool = True, action: str = "switch") -> dict:
         app = self.app(name)
         holder = self._acquire(name, f"{action} to {version}", caller.user)
+        return await self._switch_holding(app, version, caller, holder, progress, wait, action)
+
+    async def _switch_holding(self, app: AppConfig, version: str, caller: Caller, holder: Holder,
+                              progress: Progress, wait: bool, action: str) -> dict:
+        """The switch, with the app's lock already held: the lock goes with the switch's task."""
         try:
-            release = self.store.release(name, version)
+            release = self.store.release(app.name, version)
             if release is None:
-                raise ReleaseError(f"{name} {version} is not installed", hint=f"install it first: bloomctl install {name} TARBALL")
-            current = self.store.app_state(name)["current"]
+                raise ReleaseError(f"{app.name} {version} is not installed",
+                                   hint=f"install it first: bloomctl install {app.name} TARBALL")
+            current = self.store.app_state(app.name)["current"]
             if version == current:
-                raise ReleaseError(f"{name} is already on {version}")
+                raise ReleaseError(f"{app.name} is already on {version}")
             dep = self.switcher.begin(app, action, version, caller.user)
         except BaseException:
-            self._release(name, holder)
+            self._release(app.name, holder)
             raise
-        holder.deployment = dep
+        holder.operation, holder.deployment = f"{action} to {version}", dep
         task = holder.task = asyncio.ensure_future(self._run(app, dep, holder, progress))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         if not wait:
-            return {"app": name, "deployment": dep.id, "version": version, "from_version": dep.old, "outcome": "started",
-                    "exit_code": 0, "reason": ""}
+            return {"app": app.name, "deployment": dep.id, "version": version, "from_version": dep.old,
+                    "outcome": "started", "exit_code": 0, "reason": ""}
         # shield: a client that goes away must not cancel the switch itself
         outcome = await asyncio.shield(task)
+        if outcome is None:
+            raise BloomError(f"the agent is stopping; the {action} of {app.name} to {version} resumes when it starts "
+                             f"again", hint=f"then: bloomctl status {app.name}")
         return outcome.as_dict()
 
     async def deploy(self, name: str, tarball: str, version: str | None, sha256: str | None, caller: Caller,
                      progress: Progress = no_progress, wait: bool = True, strip: int = 0) -> dict:
-        """Install, then switch. Deploying again what is installed and serving is a successful no-op."""
-        installed = await self.install(name, tarball, version, sha256, caller, strip)
-        version = installed["version"]
-        if installed["warning"]:
-            progress({"step": "installed", "version": version, "warning": installed["warning"]})
-        if installed["unchanged"]:
-            current = self.store.app_state(name)["current"]
-            if version == current:
-                return {"app": name, "deployment": None, "version": version, "from_version": version,
-                        "outcome": "unchanged", "exit_code": 0, "serving": version, "timings": {},
-                        "reason": f"{name} {version} is already installed and serving; nothing to do"}
+        """Install, then switch, under one hold of the app's lock: no other operation comes between.
+        Deploying again what is installed and serving is a successful no-op."""
+        app = self.app(name)
+        holder = self._acquire(name, "deploy", caller.user)
+        handed_over = False
+        try:
+            installed = await self._install(app, Path(tarball), version, sha256, caller, strip)
+            version = installed["version"]
+            if installed["warning"]:
+                progress({"step": "installed", "version": version, "warning": installed["warning"]})
+            if installed["unchanged"]:
+                return self._deployed_again(name, version)
+            progress({"step": "installed", "version": version})
+            handed_over = True
+            return await self._switch_holding(app, version, caller, holder, progress, wait, "switch")
+        finally:
+            if not handed_over:
+                self._release(name, holder)
+
+    def _deployed_again(self, name: str, version: str) -> dict:
+        current = self.store.app_state(name)["current"]
+        if version != current:
             raise ReleaseError(f"{name} {version} is already installed but not serving (current: {current or 'none'})",
                                hint=f"to serve it: bloomctl switch {name} {version}")
-        progress({"step": "installed", "version": version})
-        return await self.switch(name, version, caller, progress, wait=wait)
+        return {"app": name, "deployment": None, "version": version, "from_version": version,
+                "outcome": "unchanged", "exit_code": 0, "serving": version, "timings": {},
+                "reason": f"{name} {version} is already installed and serving; nothing to do"}
 
-    async def _run(self, app: AppConfig, dep: Deployment, holder: Holder, progress: Progress) -> Outcome:
+    async def _run(self, app: AppConfig, dep: Deployment, holder: Holder, progress: Progress) -> Outcome | None:
         try:
             outcome = await self.switcher.run(dep, progress)
+            if outcome is None:
+                return None  # left where it was for the next start: the agent is stopping
             if outcome.outcome == "done":
                 await self.cleanup(app)
                 await run_hooks("switch", app.on_switch, outcome.as_dict())
@@ -397,8 +420,10 @@ class AppManager:
 
     # -- after an agent restart ----------------------------------------------------------------------
 
-    async def reconcile(self) -> None:
-        """Finish what a killed agent left, then make sure each app has exactly one serving release."""
+    def claim_unfinished(self) -> list[tuple[AppConfig, Deployment, Holder]]:
+        """What a killed agent left in flight, each app held for its resumption. Called before the
+        control socket opens, so that no request can take an app whose switch is to be resumed."""
+        claimed = []
         for row in self.store.unfinished_deployments():
             app = self.apps.get(row["app"])
             if app is None:
@@ -408,12 +433,31 @@ class AppManager:
                 # install, remove, reconcile: nothing to resume; their leftovers are swept by _settle.
                 self.store.finish_deployment(row["id"], "failed", "failed", f"the agent restarted during the {row['action']}")
                 continue
+            if app.name in self._holders:
+                # Two unfinished switches of one app cannot both be resumed; the later wins, this one is closed.
+                self.store.finish_deployment(row["id"], row["step"], "abandoned", "superseded by a later deployment")
+                continue
             dep = self.switcher.resumed(app, row)
             holder = self._acquire(app.name, f"{dep.action} to {dep.new} (resumed)", "bloom-agent")
             holder.deployment = dep
+            claimed.append((app, dep, holder))
+        return claimed
+
+    async def reconcile(self, claimed: list[tuple[AppConfig, Deployment, Holder]]) -> None:
+        """Finish what a killed agent left, then make sure each app has exactly one serving release.
+        An app a request holds meanwhile is left to that request, which settles it on its own."""
+        for app, dep, holder in claimed:
             await self._run(app, dep, holder, no_progress)
-        for app in self.apps.values():
-            await self._settle(app)
+        for app in list(self.apps.values()):
+            try:
+                holder = self._acquire(app.name, "reconcile", "bloom-agent")
+            except Busy:
+                log.info("%s: busy with a request; not reconciled", app.name)
+                continue
+            try:
+                await self._settle(app)
+            finally:
+                self._release(app.name, holder)
 
     async def _settle(self, app: AppConfig) -> None:
         releases.remove_staging_leftovers(app)
@@ -437,10 +481,17 @@ class AppManager:
             log.warning("%s: reconciled after restart: %s", app.name, "; ".join(actions))
 
     async def shutdown(self) -> None:
-        """Leave switches in flight to the next agent: their steps are recorded."""
-        for task in list(self._tasks):
-            task.cancel()
+        """Leave switches in flight to the next agent: their steps are recorded. A step waiting for
+        the agent's stop (probation while the host shuts down) ends on its own; the rest are cancelled."""
+        self.switcher.stopping.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=STOP_GRACE_SEC)
+            for task in pending:
+                task.cancel()
 
+
+# How long switches in flight get to notice the agent's stop before they are cancelled.
+STOP_GRACE_SEC = 0.5
 
 # More than a build directory and a prefix or two is a packing mistake, not a layout.
 MAX_STRIP_COMPONENTS = 3

@@ -70,13 +70,15 @@ class Agent:
             await self.apps.load()
         except BloomError as err:  # e.g. systemd unreachable: the agent still answers, and says why
             log.error("apps not loaded: %s", err)
+        # Before the socket opens: an app whose switch is to be resumed is busy for every request.
+        claimed = self.apps.claim_unfinished()
         await self.control.start()
         self.store.record_agent_event("start", __version__)
         self._set_state("idle")
         self.notifier.ready(self._status_line())
         log.info("bloom-agent %s ready (config %s, state %s)", __version__, self.config.path, self.config.state_db)
         # After READY: reconciling can take as long as starting a release, and systemd should not wait for it.
-        self._reconciling = asyncio.ensure_future(self._reconcile())
+        self._reconciling = asyncio.ensure_future(self._reconcile(claimed))
         tick = min(self.notifier.watchdog_interval or IDLE_TICK, IDLE_TICK)
         while not self._stopping:
             try:
@@ -104,9 +106,9 @@ class Agent:
         await self.reload_config()
         self.notifier.ready(self._status_line())
 
-    async def _reconcile(self) -> None:
+    async def _reconcile(self, claimed) -> None:
         try:
-            await self.apps.reconcile()
+            await self.apps.reconcile(claimed)
         except BloomError as err:
             log.error("reconciling apps after start: %s", err)
         except Exception:

@@ -39,6 +39,9 @@ class Step(str, Enum):
 
 
 OK, FAIL = "ok", "fail"
+# A step's third answer: no verdict, the agent is stopping; the deployment stays in its recorded step
+# and the next start resumes it (RESUME_AFTER_RESTART).
+LEFT = "left"
 
 FIRST_STEP = Step.STARTING
 TERMINAL = frozenset({Step.DONE, Step.FAILED, Step.ROLLED_BACK, Step.DEGRADED})

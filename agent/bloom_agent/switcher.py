@@ -14,7 +14,7 @@ from typing import Callable
 from . import failpoints, monitors, unitfailure, versions
 from .apps import AppConfig
 from .healthchecks import Target, run_check
-from .deployment import FAIL, OK, OUTCOMES, RESUME_AFTER_RESTART, TERMINAL, Deployment, Outcome, Step, next_step
+from .deployment import FAIL, LEFT, OK, OUTCOMES, RESUME_AFTER_RESTART, TERMINAL, Deployment, Outcome, Step, next_step
 from .state import StateStore, boot_id
 from .systemd_adapter import Systemd
 from .unitfiles import UnitWriter
@@ -40,6 +40,9 @@ class Switcher:
         # injected: unit tests have no journal to read
         self.journal_monitor = journal_monitor
         self.journal_tail = journal_tail
+        # Set when the agent stops: a step waiting for that (see _probation) leaves the deployment to
+        # the next start.
+        self.stopping = asyncio.Event()
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -66,7 +69,8 @@ class Switcher:
                     step, dep.step)
         return dep
 
-    async def run(self, dep: Deployment, progress: Progress = no_progress) -> Outcome:
+    async def run(self, dep: Deployment, progress: Progress = no_progress) -> Outcome | None:
+        """Run the steps to a terminal one; None when a step leaves the deployment to the next start."""
         step = dep.step
         while step not in TERMINAL:
             dep.step = step
@@ -86,6 +90,9 @@ class Switcher:
                 self._fail(dep, f"{step}: {exc}")
                 result = FAIL
             dep.timings[str(step)] = round(dep.timings.get(str(step), 0) + time.monotonic() - began, 4)
+            if result == LEFT:
+                log.warning("%s: deployment %d left in step %s for the next start", dep.app.name, dep.id, step)
+                return None
             step = next_step(step, result)
         dep.step = step
         outcome, exit_code = OUTCOMES[step]
@@ -204,8 +211,12 @@ class Switcher:
             # agent is stopped too; after the reboot the boot-id rule brings back the last good release.
             log.warning("%s: host shutting down during probation of %s (%s); leaving it to the next boot",
                         dep.app.name, dep.new, trip)
-            # Stopping the agent cancels this; if that never comes, the verdict stands after all.
-            await asyncio.sleep(SHUTDOWN_WAIT_SEC)
+            try:
+                async with asyncio.timeout(SHUTDOWN_WAIT_SEC):
+                    await self.stopping.wait()
+                return LEFT
+            except TimeoutError:
+                pass  # the agent was never stopped after all: the verdict stands
         if trip:
             return self._fail(dep, f"probation: {trip}")
         return OK

@@ -161,3 +161,62 @@ def test_same_version_other_contents_is_refused_and_installed_not_serving_hints_
         env.run(env.manager.deploy("web", str(first), None, None, ROOT))
     assert str(info.value.message) == "web 1.0.0 is already installed but not serving (current: 2.0.0)"
     assert info.value.hint == "to serve it: bloomctl switch web 1.0.0"
+
+
+def test_deploy_holds_the_app_from_install_to_the_end_of_the_switch(env, monkeypatch):
+    """No other operation slips in between a deploy's install and its switch."""
+    import threading
+
+    from bloom_agent import releases
+    from bloom_agent.errors import Busy
+
+    unpacking, go_on = threading.Event(), threading.Event()
+    real_install = releases.install
+
+    def slow_install(*args, **kwargs):
+        unpacking.set()
+        go_on.wait(10)
+        return real_install(*args, **kwargs)
+
+    monkeypatch.setattr(releases, "install", slow_install)
+    env.add("0.9.0")
+
+    async def scenario():
+        deploying = asyncio.ensure_future(env.manager.deploy("web", str(_tarball(env.tmp)), None, None, ROOT))
+        await asyncio.to_thread(unpacking.wait, 10)
+        with pytest.raises(Busy, match="busy: deploy of web started by root"):
+            await env.manager.switch("web", "0.9.0", ROOT)
+        go_on.set()
+        return await deploying
+
+    assert env.run(scenario())["outcome"] == "done"
+
+
+def test_reconcile_settles_every_app_a_request_does_not_hold(env):
+    (env.apps_dir / "api.toml").write_text(APP.format(port=8081, keep=5))
+    env.run(env.manager.load())
+    # a stray release of each app runs; a request holds web
+    for unit in ("web@0.1.0.service", "api@0.1.0.service"):
+        env.run(env.systemd.start(unit))
+    held = env.manager._acquire("web", "switch to 1.0.0", "alice")
+    env.run(env.manager.reconcile(env.manager.claim_unfinished()))
+    assert env.systemd.unit("api@0.1.0.service").active_state == "inactive", "api was reconciled"
+    assert env.systemd.unit("web@0.1.0.service").active_state == "active", "web was left to its request"
+    env.manager._release("web", held)
+
+
+def test_a_switch_to_resume_holds_its_app_before_any_request(env):
+    env.add("1.0.0", "2.0.0")
+    env.switch("1.0.0")
+    dep = env.manager.switcher.begin(env.manager.app("web"), "switch", "2.0.0", "root")
+    env.store.record_step(dep.id, "probation")
+    env.run(env.systemd.start("web@2.0.0.service"))  # where the killed agent had got to
+    env.run(env.systemd.stop("web@1.0.0.service"))
+    env.store.set_app_state("web", current="2.0.0")
+    claimed = env.manager.claim_unfinished()
+    assert [(app.name, d.id) for app, d, _ in claimed] == [("web", dep.id)]
+    with pytest.raises(BloomError, match=r"busy: switch to 2.0.0 \(resumed\) of web started by bloom-agent"):
+        env.switch("1.0.0")
+    env.run(env.manager.reconcile(claimed))
+    assert env.store.app_state("web")["current"] == "2.0.0"
+    assert env.store.unfinished_deployments() == []
