@@ -25,7 +25,7 @@ from .healthchecks import Target, run_check
 from .hooks import run_hooks
 from .state import StateStore
 from .deployment import Step
-from .switcher import Deployment, Outcome, Progress, Switcher, no_progress
+from .switcher import Deployment, Journal, Outcome, Progress, Switcher, no_progress
 from .systemd_adapter import Systemd
 from .unitfiles import UnitWriter
 
@@ -50,13 +50,13 @@ class Holder:
 
 class AppManager:
     def __init__(self, apps_dir: Path, releases_root: Path, store: StateStore, systemd: Systemd,
-                 units: UnitWriter) -> None:
+                 units: UnitWriter, journal: Journal = Journal()) -> None:
         self.apps_dir = apps_dir
         self.releases_root = releases_root
         self.store = store
         self.systemd = systemd
         self.units = units
-        self.switcher = Switcher(systemd, store, units)
+        self.switcher = Switcher(systemd, store, units, journal)
         self.apps: dict[str, AppConfig] = {}
         self.app_errors: dict[str, str] = {}
         self.app_warnings: list[str] = []

@@ -8,6 +8,7 @@ import pwd
 import socket
 import struct
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -28,17 +29,17 @@ class Caller:
         return f"{self.user} (uid {self.uid}, pid {self.pid})"
 
 
-def peer_caller(sock: socket.socket) -> Caller:
+def peer_caller(sock: socket.socket, proc: Path = Path("/proc")) -> Caller:
     """The kernel's word on who connected; unlike anything the client sends, it cannot be forged."""
     pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-    return Caller(pid=pid, uid=uid, gid=gid, groups=frozenset(_process_groups(pid, uid, gid)))
+    return Caller(pid=pid, uid=uid, gid=gid, groups=frozenset(_process_groups(pid, uid, gid, proc)))
 
 
-def _process_groups(pid: int, uid: int, gid: int) -> set[int]:
+def _process_groups(pid: int, uid: int, gid: int, proc: Path) -> set[int]:
     # The process's own supplementary groups are the truth; the group database is the fallback
     # for a caller that has already exited.
     try:
-        with open(f"/proc/{pid}/status") as fh:
+        with open(proc / str(pid) / "status") as fh:
             for line in fh:
                 if line.startswith("Groups:"):
                     return {gid, *map(int, line.split()[1:])}

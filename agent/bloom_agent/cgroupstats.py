@@ -11,14 +11,13 @@ from pathlib import Path
 
 import psutil
 
-# Unified hierarchy first, then the hybrid layout's unified and named systemd hierarchies.
-_ROOTS = (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup/systemd"))
+Roots = tuple[Path, ...]  # Paths.cgroup_roots: the unified hierarchy first, then the hybrid layout's
 
 
-def pids_of(control_group: str) -> list[int] | None:
+def pids_of(control_group: str, roots: Roots) -> list[int] | None:
     if not control_group:
         return None
-    for root in _ROOTS:
+    for root in roots:
         procs = root / control_group.lstrip("/") / "cgroup.procs"
         try:
             return [int(line) for line in procs.read_text().split()]
@@ -27,8 +26,8 @@ def pids_of(control_group: str) -> list[int] | None:
     return None
 
 
-def usage(control_group: str) -> dict[str, int | None]:
-    pids = pids_of(control_group)
+def usage(control_group: str, roots: Roots) -> dict[str, int | None]:
+    pids = pids_of(control_group, roots)
     if pids is None:
         return {"memory": None, "tasks": None}
     memory = tasks = 0

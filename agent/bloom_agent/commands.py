@@ -51,7 +51,7 @@ async def status(agent: "Agent", caller: Caller, args: dict[str, Any], progress:
             "uptime_sec": round(time.monotonic() - agent.started_monotonic, 3),
             "config": str(agent.config.path),
             "config_loaded_at": agent.config_loaded_at,
-            "state_db": str(agent.config.state_db),
+            "state_db": str(agent.paths.state_db),
             "starts": agent.store.agent_event_count("start"),
             "under_systemd": agent.notifier.enabled,
             "watchdog_interval_sec": agent.notifier.watchdog_interval,

@@ -35,10 +35,6 @@ class AgentConfig:
     releases_dir: Path
     from_file: bool
 
-    @property
-    def state_db(self) -> Path:
-        return self.state_dir / "state.db"
-
 
 def default_path() -> Path:
     return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from . import protocol
@@ -21,8 +22,9 @@ Dispatch = Callable[[Caller, protocol.Request, Callable[[dict], None]], Awaitabl
 
 class ControlServer:
     def __init__(self, sock: socket.socket, dispatch: Dispatch, *, control_gid: Callable[[], int | None],
-                 max_request_bytes: int) -> None:
+                 max_request_bytes: int, proc: Path = Path("/proc")) -> None:
         self._sock = sock
+        self._proc = proc
         self._dispatch = dispatch
         self._control_gid = control_gid
         self._max_request_bytes = max_request_bytes
@@ -60,7 +62,7 @@ class ControlServer:
                 pass
 
     async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        caller = peer_caller(writer.get_extra_info("socket"))
+        caller = peer_caller(writer.get_extra_info("socket"), self._proc)
         try:
             if not is_authorized(caller, self._control_gid()):
                 log.warning("permission denied: %s is neither root nor in the control group", caller.describe())

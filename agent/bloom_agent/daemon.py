@@ -14,7 +14,7 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import __version__, commands, config as config_mod, listener, logs, systemd_adapter
 from .appmanager import AppManager
@@ -23,7 +23,10 @@ from .control import ControlServer, unknown_command
 from .errors import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, BloomError, ConfigError
 from .notify import Notifier
 from .protocol import Request
-from .state import StateStore, utcnow
+from .paths import Paths
+from .state import StateStore, boot_id_from, utcnow
+from .switcher import Journal
+from .systemd_adapter import Systemd
 from .unitfiles import UnitWriter
 
 log = logging.getLogger("bloom_agent")
@@ -32,16 +35,24 @@ log = logging.getLogger("bloom_agent")
 SHUTDOWN_GRACE = 10.0
 # Without a watchdog the loop still wakes now and then; it costs nothing and keeps the code path hot.
 IDLE_TICK = 30.0
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Settings bound into open resources (the database, the listening socket and its stream limit).
 RESTART_ONLY = ("state_dir", "control_socket", "max_request_bytes", "apps_dir", "releases_dir")
 
 
 class Agent:
-    def __init__(self, config: config_mod.AgentConfig, store: StateStore, notifier: Notifier,
-                 sock: socket.socket) -> None:
+    """The daemon, built from what main() hands it: the configuration, the host's paths, the state
+    store, sd_notify, the control socket, and how to reach systemd (called inside the running loop,
+    which the D-Bus adapter needs). A test builds one under a temporary root with a fake systemd."""
+
+    def __init__(self, config: config_mod.AgentConfig, paths: Paths, store: StateStore, notifier: Notifier,
+                 sock: socket.socket, connect_systemd: Callable[[], Systemd], journal: Journal = Journal()) -> None:
         self.config = config
+        self.paths = paths
         self.store = store
         self.notifier = notifier
+        self._connect_systemd = connect_systemd
+        self._journal = journal
         self.started_at = utcnow()
         self.started_monotonic = time.monotonic()
         self.config_loaded_at = self.started_at
@@ -55,17 +66,29 @@ class Agent:
             self.dispatch,
             control_gid=lambda: group_id(self.config.control_group),
             max_request_bytes=config.max_request_bytes,
+            proc=paths.proc,
         )
 
     # -- the loop ---------------------------------------------------------------------------
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in HANDLED_SIGNALS:
             # Handlers only queue; all work happens in the loop below.
             loop.add_signal_handler(sig, self._signals.put_nowait, sig)
-        self.apps = AppManager(self.config.apps_dir, self.config.releases_dir, self.store,
-                               systemd_adapter.connect(), UnitWriter())
+        try:
+            return await self._run()
+        finally:
+            for sig in HANDLED_SIGNALS:
+                loop.remove_signal_handler(sig)
+
+    def stop(self) -> None:
+        """What SIGTERM does, for a caller in the same process."""
+        self._signals.put_nowait(signal.SIGTERM)
+
+    async def _run(self) -> int:
+        self.apps = AppManager(self.paths.apps_dir, self.paths.releases_dir, self.store, self._connect_systemd(),
+                               UnitWriter.for_paths(self.paths), self._journal)
         try:
             await self.apps.load()
         except BloomError as err:  # e.g. systemd unreachable: the agent still answers, and says why
@@ -76,7 +99,7 @@ class Agent:
         self.store.record_agent_event("start", __version__)
         self._set_state("idle")
         self.notifier.ready(self._status_line())
-        log.info("bloom-agent %s ready (config %s, state %s)", __version__, self.config.path, self.config.state_db)
+        log.info("bloom-agent %s ready (config %s, state %s)", __version__, self.config.path, self.paths.state_db)
         # After READY: reconciling can take as long as starting a release, and systemd should not wait for it.
         self._reconciling = asyncio.ensure_future(self._reconcile(claimed))
         tick = min(self.notifier.watchdog_interval or IDLE_TICK, IDLE_TICK)
@@ -178,6 +201,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=None,
                         help=f"configuration file (default: ${config_mod.CONFIG_ENV} or {config_mod.DEFAULT_CONFIG_PATH})")
     parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
+    parser.add_argument("--root", type=Path, default=Path("/"),
+                        help="run with every path below this directory and without systemd (for tests)")
     parser.add_argument("--version", action="version", version=f"bloom-agent {__version__}")
     return parser.parse_args(argv)
 
@@ -195,16 +220,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path}: OK" if cfg.from_file else f"{path}: not present, all defaults")
         return EXIT_OK
     logs.set_level(cfg.log_level)
+    paths = Paths.for_host(cfg, args.root)
     try:
-        store = StateStore(cfg.state_db)
+        store = StateStore(paths.state_db, boot_id=boot_id_from(paths.boot_id_file))
         sock = listener.inherited()
         bound_here = sock is None
         if bound_here:
-            sock = listener.bind(cfg.control_socket, cfg.control_group)
+            sock = listener.bind(paths.control_socket, cfg.control_group)
     except BloomError as err:
         log.error("refusing to start: %s", err)
         return err.exit_code
-    agent = Agent(cfg, store, Notifier(), sock)
+    if args.root == Path("/"):
+        connect = lambda: systemd_adapter.connect(paths.cgroup_roots)  # noqa: E731
+    else:
+        connect = lambda: systemd_adapter.NoSystemd(f"running under --root {args.root}")  # noqa: E731
+    agent = Agent(cfg, paths, store, Notifier(), sock, connect)
     try:
         return asyncio.run(agent.run())
     except BloomError as err:
@@ -212,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code or EXIT_ERROR
     finally:
         if bound_here:  # systemd's socket outlives us; one we bound ourselves does not
-            cfg.control_socket.unlink(missing_ok=True)
+            paths.control_socket.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import os
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 from .errors import StateError
 
@@ -73,12 +74,16 @@ MIGRATIONS = [
 ]
 
 
-def boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as fh:
-            return fh.read().strip()
-    except OSError:
-        return ""
+def boot_id_from(path: Path) -> Callable[[], str]:
+    """Reads the kernel's id of this boot (Paths.boot_id_file); empty where there is none."""
+
+    def read() -> str:
+        try:
+            return path.read_text().strip()
+        except OSError:
+            return ""
+
+    return read
 
 
 def utcnow() -> str:
@@ -87,8 +92,9 @@ def utcnow() -> str:
 
 
 class StateStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, boot_id: Callable[[], str] = lambda: "") -> None:
         self.path = path
+        self.boot_id = boot_id
         try:
             path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -171,7 +177,7 @@ class StateStore:
         cur = self._db.execute(
             "INSERT INTO deployments (app, action, version, from_version, step, caller, started_at, boot_id) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (app, action, version, from_version, step, caller, utcnow(), boot_id()),
+            (app, action, version, from_version, step, caller, utcnow(), self.boot_id()),
         )
         return cur.lastrowid
 

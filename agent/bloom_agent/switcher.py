@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from . import failpoints, monitors, unitfailure, versions
 from .apps import AppConfig
 from .healthchecks import Target, run_check
 from .deployment import FAIL, LEFT, OK, OUTCOMES, RESUME_AFTER_RESTART, TERMINAL, Deployment, Outcome, Step, next_step
-from .state import StateStore, boot_id
+from .state import StateStore
 from .systemd_adapter import Systemd
 from .unitfiles import UnitWriter
 
@@ -30,16 +31,22 @@ def no_progress(_: dict) -> None:
     """For callers nobody is waiting on (reconcile, --no-wait)."""
 
 
+@dataclass(frozen=True)
+class Journal:
+    """What the switch reads from the journal: a release's error rate in probation, a failed unit's last
+    lines. Handed in, like systemd: unit tests have no journal to read."""
+
+    monitor: Callable[..., monitors.Monitor] = monitors.JournalMonitor
+    tail: unitfailure.JournalTail = unitfailure.journal_tail
+
+
 class Switcher:
-    def __init__(self, systemd: Systemd, store: StateStore, units: UnitWriter,
-                 journal_monitor=monitors.JournalMonitor,
-                 journal_tail: unitfailure.JournalTail = unitfailure.journal_tail) -> None:
+    def __init__(self, systemd: Systemd, store: StateStore, units: UnitWriter, journal: Journal = Journal()) -> None:
         self.systemd = systemd
         self.store = store
         self.units = units
-        # injected: unit tests have no journal to read
-        self.journal_monitor = journal_monitor
-        self.journal_tail = journal_tail
+        self.journal_monitor = journal.monitor
+        self.journal_tail = journal.tail
         # Set when the agent stops: a step waiting for that (see _probation) leaves the deployment to
         # the next start.
         self.stopping = asyncio.Event()
@@ -56,7 +63,7 @@ class Switcher:
                          caller=row["caller"])
         step = Step(row["step"])
         dep.reason = row["reason"]  # a failure learned before the restart still explains the outcome
-        if row["boot_id"] and row["boot_id"] != boot_id() and step in (Step.STOPPING_OLD, Step.POINTING,
+        if row["boot_id"] and row["boot_id"] != self.store.boot_id() and step in (Step.STOPPING_OLD, Step.POINTING,
                                                                         Step.PROBATION):
             # Not blessed when the host went down: like an Erlang release never made permanent, go back.
             dep.step = Step.ROLLING_BACK

@@ -94,9 +94,9 @@ class NoSystemd:
         return False
 
 
-def connect() -> "PystemdSystemd | NoSystemd":
+def connect(cgroup_roots: cgroupstats.Roots) -> "PystemdSystemd | NoSystemd":
     try:
-        return PystemdSystemd()
+        return PystemdSystemd(cgroup_roots=cgroup_roots)
     except Exception as exc:  # no system bus, no permission: run on, and say so where it matters
         log.warning("systemd not reachable over D-Bus: %s; app operations are unavailable", exc)
         return NoSystemd(str(exc))
@@ -105,13 +105,14 @@ def connect() -> "PystemdSystemd | NoSystemd":
 class PystemdSystemd:
     """systemd over D-Bus. Create it inside the running loop; the bus is passed in or opened here."""
 
-    def __init__(self, bus=None) -> None:
+    def __init__(self, bus=None, cgroup_roots: cgroupstats.Roots = ()) -> None:
         from pystemd.dbuslib import DBus
         from pystemd.systemd1 import Manager
 
         self._bus = bus or DBus()
         if bus is None:
             self._bus.open()
+        self._cgroup_roots = cgroup_roots
         self._manager = Manager(bus=self._bus)
         self._manager.load()
         self._manager.Manager.Subscribe()
@@ -261,7 +262,7 @@ class PystemdSystemd:
 
         metrics = {"memory": known(u.Service.MemoryCurrent), "tasks": known(u.Service.TasksCurrent)}
         if None in metrics.values():
-            fallback = cgroupstats.usage(_text(u.Service.ControlGroup))
+            fallback = cgroupstats.usage(_text(u.Service.ControlGroup), self._cgroup_roots)
             metrics = {k: v if v is not None else fallback[k] for k, v in metrics.items()}
         return metrics
 

@@ -17,10 +17,8 @@ from pathlib import Path
 import jinja2
 
 from .apps import AppConfig
+from .paths import SOURCE_TEMPLATES, Paths
 
-_HERE = Path(__file__).resolve().parent
-# Installed by the package; the source tree's copy serves tests and development.
-TEMPLATE_DIRS = [Path("/usr/share/bloom-agent/templates"), _HERE.parent.parent / "units" / "templates"]
 # Different names on purpose: a drop-in in /etc hides one of the same name in /run, whereas
 # different names are all read, in file-name order, the later Service= winning.
 BLESSED_DROPIN = "50-bloom-release.conf"
@@ -29,13 +27,14 @@ TRIAL_DROPIN = "60-bloom-trial.conf"
 
 @dataclass(frozen=True)
 class UnitPaths:
-    etc: Path = Path("/etc/systemd/system")
-    run: Path = Path("/run/systemd/system")
+    etc: Path
+    run: Path
+    templates: tuple[Path, ...] = (SOURCE_TEMPLATES,)
 
 
-def _environment() -> jinja2.Environment:
+def _environment(templates: tuple[Path, ...]) -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader([str(d) for d in TEMPLATE_DIRS if d.is_dir()]),
+        loader=jinja2.FileSystemLoader([str(d) for d in templates if d.is_dir()]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
@@ -70,15 +69,15 @@ def exec_start(app: AppConfig) -> str:
     return " ".join([f'"{program}"'] + [_quote(a) for a in argv[1:]])
 
 
-def render_socket(app: AppConfig) -> str:
-    return _environment().get_template("app.socket.j2").render(
+def render_socket(app: AppConfig, templates: tuple[Path, ...] = (SOURCE_TEMPLATES,)) -> str:
+    return _environment(templates).get_template("app.socket.j2").render(
         app=app, unix_sockets=any(a.startswith("/") for a in app.listen)
     )
 
 
-def render_service(app: AppConfig) -> str:
+def render_service(app: AppConfig, templates: tuple[Path, ...] = (SOURCE_TEMPLATES,)) -> str:
     # %i is the instance (the release's instance name); the release directory is named the same.
-    return _environment().get_template("app@.service.j2").render(
+    return _environment(templates).get_template("app@.service.j2").render(
         app=app, release_dir=f"{_escape(str(app.releases_dir))}/%i", exec_start=exec_start(app)
     )
 
@@ -130,13 +129,18 @@ def remove_if_present(path: Path) -> bool:
 
 
 class UnitWriter:
-    def __init__(self, paths: UnitPaths | None = None) -> None:
-        self.paths = paths or UnitPaths()
+    def __init__(self, paths: UnitPaths) -> None:
+        self.paths = paths
+
+    @classmethod
+    def for_paths(cls, paths: Paths) -> "UnitWriter":
+        return cls(UnitPaths(etc=paths.unit_dir, run=paths.runtime_unit_dir, templates=paths.templates))
 
     def write_app_units(self, app: AppConfig) -> tuple[bool, bool]:
         """Write both units; returns (socket changed, service template changed)."""
-        socket_changed = write_if_changed(self.paths.etc / app.socket_unit, render_socket(app))
-        return socket_changed, write_if_changed(self.paths.etc / app.template_unit, render_service(app))
+        templates = self.paths.templates
+        socket_changed = write_if_changed(self.paths.etc / app.socket_unit, render_socket(app, templates))
+        return socket_changed, write_if_changed(self.paths.etc / app.template_unit, render_service(app, templates))
 
     def dropin(self, app: AppConfig, layer: str) -> Path:
         if layer == "etc":

@@ -33,11 +33,15 @@ class RunningAgent:
 
 
 def write_config(tmp: Path, extra: str = "") -> Path:
+    """Paths in it are below the agent's --root, tmp (see daemon_argv): tmp/state, tmp/control.sock."""
     config = tmp / "agent.toml"
-    config.write_text(
-        f'[agent]\nstate_dir = "{tmp}/state"\ncontrol_socket = "{tmp}/control.sock"\n{extra}'
-    )
+    config.write_text(f'[agent]\nstate_dir = "/state"\ncontrol_socket = "/control.sock"\n{extra}')
     return config
+
+
+def daemon_argv(tmp: Path, config: Path, *extra: str) -> list[str]:
+    """The agent under tmp as its root: it never touches the host's /etc, /run or systemd."""
+    return [sys.executable, "-m", "bloom_agent.daemon", "--config", str(config), "--root", str(tmp), *extra]
 
 
 def wait_for_socket(path: Path, proc: subprocess.Popen, timeout: float = 10.0) -> None:

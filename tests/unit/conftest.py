@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from agentproc import RunningAgent, agent_env, wait_for_socket, write_config
+from agentproc import RunningAgent, agent_env, daemon_argv, wait_for_socket, write_config
 
 
 @pytest.fixture
@@ -15,7 +15,7 @@ def start_agent(tmp_path):
         config = write_config(tmp_path, extra_config)
         log = tmp_path / "agent.log"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bloom_agent.daemon", "--config", str(config)],
+            daemon_argv(tmp_path, config),
             env=agent_env(**(env or {})), stdout=log.open("w"), stderr=subprocess.STDOUT,
         )
         agent = RunningAgent(tmp_path, proc, tmp_path / "control.sock", config, log)

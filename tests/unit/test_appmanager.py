@@ -8,6 +8,7 @@ from bloom_agent.appmanager import AppManager
 from bloom_agent.auth import Caller
 from bloom_agent.errors import BloomError, ConfigError
 from bloom_agent.state import StateStore
+from bloom_agent.switcher import Journal
 from bloom_agent.unitfiles import UnitPaths, UnitWriter
 from bloom_agent.unitfailure import no_journal
 from fake_systemd import FakeJournal, FakeSystemd
@@ -28,9 +29,8 @@ class Env:
         self.systemd = FakeSystemd()
         FakeJournal.entries = []
         self.manager = AppManager(self.apps_dir, tmp_path / "rel", self.store, self.systemd,
-                                  UnitWriter(UnitPaths(etc=tmp_path / "etc", run=tmp_path / "run")))
-        self.manager.switcher.journal_monitor = FakeJournal
-        self.manager.switcher.journal_tail = no_journal
+                                  UnitWriter(UnitPaths(etc=tmp_path / "etc", run=tmp_path / "run")),
+                                  Journal(monitor=FakeJournal, tail=no_journal))
         self.run(self.manager.load())
 
     def run(self, coro):

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from bloom_agent.paths import Paths
 from bloom_agent import config
 from bloom_agent.errors import EXIT_CONFIG, ConfigError
 
@@ -18,7 +19,11 @@ def test_missing_file_means_defaults(tmp_path):
     assert cfg.state_dir == Path("/var/lib/bloom")
     assert cfg.control_socket == Path("/run/bloom/control.sock")
     assert cfg.control_group == "bloom"
-    assert cfg.state_db == Path("/var/lib/bloom/state.db")
+    assert Paths.for_host(cfg).state_db == Path("/var/lib/bloom/state.db")
+    under = Paths.for_host(cfg, root=tmp_path)
+    assert (under.state_db, under.apps_dir, under.unit_dir, under.boot_id_file) == (
+        tmp_path / "var/lib/bloom/state.db", tmp_path / "etc/bloom/apps", tmp_path / "etc/systemd/system",
+        tmp_path / "proc/sys/kernel/random/boot_id")
 
 
 def test_shipped_config_is_valid_and_all_defaults():

@@ -7,7 +7,7 @@ import sqlite3
 import subprocess
 import sys
 
-from agentproc import agent_env, write_config
+from agentproc import agent_env, daemon_argv, write_config
 
 
 def raw_request(path, payload: bytes) -> dict:
@@ -45,8 +45,7 @@ def test_status_human_and_json(start_agent):
 
 def test_bad_config_refused_with_exit_78(tmp_path):
     config = write_config(tmp_path, 'log_level = "chatty"\n')
-    proc = subprocess.run([sys.executable, "-m", "bloom_agent.daemon", "--config", str(config)],
-                          env=agent_env(), capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(daemon_argv(tmp_path, config), env=agent_env(), capture_output=True, text=True, timeout=30)
     assert proc.returncode == 78
     assert f"{config}: key 'agent.log_level': must be one of debug, info, warning, error; got 'chatty'" in proc.stderr
     assert not (tmp_path / "state").exists(), "a refused start must change nothing"
@@ -54,8 +53,8 @@ def test_bad_config_refused_with_exit_78(tmp_path):
 
 def test_check_config(tmp_path):
     config = write_config(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "bloom_agent.daemon", "--config", str(config), "--check-config"],
-                          env=agent_env(), capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(daemon_argv(tmp_path, config, "--check-config"), env=agent_env(), capture_output=True,
+                          text=True, timeout=30)
     assert (proc.returncode, proc.stdout.strip()) == (0, f"{config}: OK")
 
 
@@ -104,8 +103,8 @@ def test_sigterm_stops_cleanly_and_state_persists(start_agent, tmp_path):
 
 def test_second_agent_on_the_same_socket_is_refused(start_agent, tmp_path):
     start_agent()
-    proc = subprocess.run([sys.executable, "-m", "bloom_agent.daemon", "--config", str(tmp_path / "agent.toml")],
-                          env=agent_env(), capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(daemon_argv(tmp_path, tmp_path / "agent.toml"), env=agent_env(), capture_output=True,
+                          text=True, timeout=30)
     assert proc.returncode == 1
     assert "another agent is already listening" in proc.stderr
 

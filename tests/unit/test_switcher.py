@@ -5,7 +5,7 @@ import pytest
 
 from bloom_agent.apps import load_app
 from bloom_agent.state import StateStore
-from bloom_agent.switcher import Switcher
+from bloom_agent.switcher import Journal, Switcher
 from bloom_agent.unitfailure import no_journal
 from bloom_agent.unitfiles import UnitPaths, UnitWriter
 from fake_systemd import FakeJournal, FakeSystemd
@@ -22,8 +22,8 @@ def env(tmp_path):
     units = UnitWriter(UnitPaths(etc=tmp_path / "etc", run=tmp_path / "run"))
     systemd = FakeSystemd()
     FakeJournal.entries = []
-    return app, store, units, systemd, Switcher(systemd, store, units, journal_monitor=FakeJournal,
-                                                         journal_tail=no_journal)
+    return app, store, units, systemd, Switcher(systemd, store, units,
+                                                         Journal(monitor=FakeJournal, tail=no_journal))
 
 
 def deploy(env, version, caller="root"):
