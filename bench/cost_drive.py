@@ -187,7 +187,7 @@ def find_line(unit: str, since: float, number: int) -> float | None:
 # imports all of them; the last line is the whole daemon module).
 IMPORTS = ("", "asyncio", "sqlite3", "tomllib", "json, logging, re, hashlib, tarfile, lzma, zlib, shutil, tempfile",
            "jinja2", "pystemd.systemd1, pystemd.dbuslib", "systemd.journal", "sdnotify", "psutil", "zstandard",
-           "click", "bloom_agent.cli", "bloom_agent.daemon")
+           "click", "bloom_agent.cli.main", "bloom_agent.daemon.agent")
 RSS_CODE = ("import sys\n{imports}\n"
             "st = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines() if ':' in l)\n"
             "print(int(st['VmRSS'].split()[0]), int(st['RssAnon'].split()[0]), len(sys.modules))")

@@ -34,7 +34,7 @@ def _reload_pystemd() -> None:
 
 async def _measure(way: str) -> tuple[float, float]:
     """(reload seconds, longest gap between ticks in seconds)"""
-    from bloom_agent.systemd_adapter import PystemdSystemd
+    from bloom_agent.systemd.adapter import PystemdSystemd
 
     gaps: list[float] = []
     done = asyncio.Event()

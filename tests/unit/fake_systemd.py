@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from bloom_agent.systemd_adapter import UnitStatus
+from bloom_agent.systemd.adapter import UnitStatus
 
 
 @dataclass
@@ -123,7 +123,7 @@ class FakeJournal:
     entries: list[dict] = []
 
     def __init__(self, unit: str, max_per_minute: int, patterns, since=None) -> None:
-        from bloom_agent.monitors import JournalMonitor
+        from bloom_agent.watch.monitors import JournalMonitor
 
         self.name = "journal"
         self._real = JournalMonitor(unit, max_per_minute, patterns, since)

@@ -8,13 +8,15 @@ import io
 import tarfile
 from pathlib import Path
 
-from bloom_agent import client, config, listener
-from bloom_agent.daemon import Agent
-from bloom_agent.notify import Notifier
-from bloom_agent.paths import Paths
-from bloom_agent.state import StateStore, boot_id_from
-from bloom_agent.switcher import Journal
-from bloom_agent.unitfailure import no_journal
+from bloom_agent.config import agent as config
+from bloom_agent.config.paths import Paths
+from bloom_agent.control import client
+from bloom_agent.control import listener
+from bloom_agent.daemon.agent import Agent
+from bloom_agent.daemon.notify import Notifier
+from bloom_agent.deploy.switcher import Journal
+from bloom_agent.store.state import StateStore, boot_id_from
+from bloom_agent.systemd.unitfailure import no_journal
 from fake_systemd import FakeJournal, FakeSystemd
 
 APP = 'listen = ["127.0.0.1:{port}"]\nexec = "bin/app"\nprobation_sec = {probation}\n'

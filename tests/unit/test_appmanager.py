@@ -4,13 +4,13 @@ import asyncio
 
 import pytest
 
-from bloom_agent.appmanager import AppManager
-from bloom_agent.auth import Caller
+from bloom_agent.control.auth import Caller
+from bloom_agent.deploy.manager import AppManager
+from bloom_agent.deploy.switcher import Journal
 from bloom_agent.errors import BloomError, ConfigError
-from bloom_agent.state import StateStore
-from bloom_agent.switcher import Journal
-from bloom_agent.unitfiles import UnitPaths, UnitWriter
-from bloom_agent.unitfailure import no_journal
+from bloom_agent.store.state import StateStore
+from bloom_agent.systemd.unitfailure import no_journal
+from bloom_agent.systemd.unitfiles import UnitPaths, UnitWriter
 from fake_systemd import FakeJournal, FakeSystemd
 
 ROOT = Caller(pid=1, uid=0, gid=0)
@@ -167,7 +167,7 @@ def test_deploy_holds_the_app_from_install_to_the_end_of_the_switch(env, monkeyp
     """No other operation slips in between a deploy's install and its switch."""
     import threading
 
-    from bloom_agent import releases
+    from bloom_agent.store import releases
     from bloom_agent.errors import Busy
 
     unpacking, go_on = threading.Event(), threading.Event()

@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from bloom_agent import apps, unitfiles
+from bloom_agent.config import apps
 from bloom_agent.errors import ConfigError
+from bloom_agent.systemd import unitfiles
 
 
 def write(tmp_path, text, name="web.toml") -> Path:

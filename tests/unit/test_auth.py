@@ -1,7 +1,7 @@
 import os
 import socket
 
-from bloom_agent.auth import Caller, is_authorized, peer_caller
+from bloom_agent.control.auth import Caller, is_authorized, peer_caller
 
 
 def test_root_is_always_authorized():

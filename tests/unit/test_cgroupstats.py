@@ -2,9 +2,9 @@ import os
 
 from pathlib import Path
 
-from bloom_agent import cgroupstats
-from bloom_agent.config import load
-from bloom_agent.paths import Paths
+from bloom_agent.config.agent import load
+from bloom_agent.config.paths import Paths
+from bloom_agent.systemd import cgroupstats
 
 HOST = Paths.for_host(load(Path("/nonexistent/agent.toml"))).cgroup_roots  # read only
 

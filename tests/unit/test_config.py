@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from bloom_agent.paths import Paths
-from bloom_agent import config
+from bloom_agent.config import agent as config
+from bloom_agent.config.paths import Paths
 from bloom_agent.errors import EXIT_CONFIG, ConfigError
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from bloom_agent.deployment import (
+from bloom_agent.deploy.deployment import (
     FAIL, FIRST_STEP, OK, OUTCOMES, RESUME_AFTER_RESTART, TERMINAL, TRANSITIONS, InvalidTransition, Step, next_step,
     serving_version,
 )

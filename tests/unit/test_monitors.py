@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from bloom_agent import healthchecks, monitors
+from bloom_agent.config.checks import TRIP_SLACK_SEC, parse_checks
 from bloom_agent.errors import ConfigError
-from bloom_agent.healthchecks import Target, parse_checks, run_check
+from bloom_agent.watch import checks as healthchecks
+from bloom_agent.watch import monitors
+from bloom_agent.watch.checks import Target, run_check
 from fake_systemd import FakeSystemd
 
 
@@ -324,4 +326,4 @@ def test_probation_without_doubt_ends_on_time():
 def test_time_to_trip():
     spec = parse_checks([{"type": "tcp", "address": "127.0.0.1:1", "interval_sec": 2, "timeout_sec": 2,
                           "failures": 3}], Path("a.toml"), ())[0]
-    assert spec.time_to_trip == 3 * (2 + 2) + healthchecks.TRIP_SLACK_SEC
+    assert spec.time_to_trip == 3 * (2 + 2) + TRIP_SLACK_SEC

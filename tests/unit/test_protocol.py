@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from bloom_agent import protocol
+from bloom_agent.control import protocol
 from bloom_agent.errors import BloomError, PermissionDenied, ProtocolError, from_wire
 
 
@@ -54,8 +54,9 @@ def test_every_error_the_agent_sends_is_rebuilt_with_its_type_and_exit_code():
     import bloom_agent
     from bloom_agent import errors
 
-    for info in pkgutil.iter_modules(bloom_agent.__path__):
-        importlib.import_module(f"bloom_agent.{info.name}")
+    for info in pkgutil.walk_packages(bloom_agent.__path__, "bloom_agent."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
 
     def subclasses(cls):
         for sub in cls.__subclasses__():

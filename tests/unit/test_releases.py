@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from bloom_agent import releases, versions
-from bloom_agent.apps import load_app
+from bloom_agent.config.apps import load_app
+from bloom_agent.store import releases
+from bloom_agent.store import versions
 
 
 @pytest.fixture

@@ -3,11 +3,11 @@ from pathlib import Path
 
 import pytest
 
-from bloom_agent.apps import load_app
-from bloom_agent.state import StateStore
-from bloom_agent.switcher import Journal, Switcher
-from bloom_agent.unitfailure import no_journal
-from bloom_agent.unitfiles import UnitPaths, UnitWriter
+from bloom_agent.config.apps import load_app
+from bloom_agent.deploy.switcher import Journal, Switcher
+from bloom_agent.store.state import StateStore
+from bloom_agent.systemd.unitfailure import no_journal
+from bloom_agent.systemd.unitfiles import UnitPaths, UnitWriter
 from fake_systemd import FakeJournal, FakeSystemd
 
 
@@ -173,7 +173,7 @@ def test_resume_in_probation_keeps_new(env):
 def test_cleanup_keeps_current_last_good_and_removes_failed_first(env, tmp_path):
     import asyncio as aio
 
-    from bloom_agent.appmanager import AppManager
+    from bloom_agent.deploy.manager import AppManager
 
     app, store, units, systemd, _ = env
     manager = AppManager(tmp_path / "apps", tmp_path / "rel", store, systemd, units)

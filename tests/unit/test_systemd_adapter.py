@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from bloom_agent.systemd_adapter import PystemdSystemd, SystemdCallFailed
+from bloom_agent.systemd.adapter import PystemdSystemd, SystemdCallFailed
 
 
 def _fake_systemctl(tmp_path, monkeypatch, script: str) -> None:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from bloom_agent import unitfailure
-from bloom_agent.systemd_adapter import UnitStatus
+from bloom_agent.systemd import unitfailure
+from bloom_agent.systemd.adapter import UnitStatus
 
 
 def status(result, code=0, active="failed", sub="failed"):

@@ -1,6 +1,6 @@
 import pytest
 
-from bloom_agent import versions
+from bloom_agent.store import versions
 
 
 @pytest.mark.parametrize("good", ["1.2.3", "0.0.0", "10.20.30", "1.2.3-rc1", "1.2.3-rc.1", "1.2.3+build.7", "1.2.3-beta.2+exp.sha.5114f85"])

@@ -10,8 +10,9 @@ from typing import Any
 
 import click
 
-from . import __version__, client
-from .errors import EXIT_DETACHED, EXIT_ERROR, EXIT_USAGE, BloomError, InvalidArguments, PermissionDenied
+from bloom_agent import __version__
+from bloom_agent.control import client
+from bloom_agent.errors import EXIT_DETACHED, EXIT_ERROR, EXIT_USAGE, BloomError, InvalidArguments, PermissionDenied
 
 
 class Context:
@@ -354,7 +355,3 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"bloomctl: {err}", err=True)
         return err.exit_code
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

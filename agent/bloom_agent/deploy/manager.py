@@ -17,17 +17,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import releases, versions
-from .apps import AppConfig, describe, load_apps, probation_warnings, refuse_shared_addresses
-from .auth import Caller
-from .errors import BloomError, Busy, ConfigError, InstallError, InvalidArguments, ReleaseError, UnknownApp
-from .healthchecks import Target, run_check
-from .hooks import run_hooks
-from .state import StateStore
-from .deployment import Step
-from .switcher import Deployment, Journal, Outcome, Progress, Switcher, no_progress
-from .systemd_adapter import Systemd
-from .unitfiles import UnitWriter
+from bloom_agent.config.apps import AppConfig, describe, load_apps, probation_warnings, refuse_shared_addresses
+from bloom_agent.control.auth import Caller
+from bloom_agent.deploy.deployment import Step
+from bloom_agent.deploy.hooks import run_hooks
+from bloom_agent.deploy.switcher import Deployment, Journal, Outcome, Progress, Switcher, no_progress
+from bloom_agent.errors import BloomError, Busy, ConfigError, InstallError, InvalidArguments, ReleaseError, UnknownApp
+from bloom_agent.store import releases
+from bloom_agent.store import versions
+from bloom_agent.store.state import StateStore
+from bloom_agent.systemd.adapter import Systemd
+from bloom_agent.systemd.unitfiles import UnitWriter
+from bloom_agent.watch.checks import Target, run_check
 
 log = logging.getLogger(__name__)
 

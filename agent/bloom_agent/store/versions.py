@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidVersion
+from bloom_agent.errors import InvalidVersion
 
 # X.Y.Z, optional -pre and +build (semver's shape, ASCII only).
 _VERSION = re.compile(

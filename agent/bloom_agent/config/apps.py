@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .healthchecks import TRIP_SLACK_SEC, CheckSpec, parse_checks
-from .schema import Field, check_absolute_path, check_positive, parse_table, read_toml
+from bloom_agent.config.checks import TRIP_SLACK_SEC, CheckSpec, parse_checks
+from bloom_agent.config.schema import Field, check_absolute_path, check_positive, parse_table, read_toml
+from bloom_agent.errors import ConfigError
 
 DEFAULT_APPS_DIR = Path("/etc/bloom/apps")
 DEFAULT_RELEASES_ROOT = Path("/var/lib/bloom/releases")

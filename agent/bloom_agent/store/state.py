@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from .errors import StateError
+from bloom_agent.errors import StateError
 
 MIGRATIONS = [
     # 1: the agent's own life: starts, reloads, stops.

@@ -6,12 +6,12 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from . import __version__
-from .auth import Caller
-from .errors import InvalidArguments
+from bloom_agent import __version__
+from bloom_agent.control.auth import Caller
+from bloom_agent.errors import InvalidArguments
 
 if TYPE_CHECKING:
-    from .daemon import Agent
+    from bloom_agent.daemon.agent import Agent
 
 Progress = Callable[[dict], None]
 Handler = Callable[["Agent", Caller, dict[str, Any], Progress], Awaitable[Any]]

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from . import versions
-from .apps import AppConfig
-from .errors import InstallError
+from bloom_agent.config.apps import AppConfig
+from bloom_agent.errors import InstallError
+from bloom_agent.store import versions
 
 CHUNK = 1024 * 1024
 STAGING_PREFIX = ".install-"

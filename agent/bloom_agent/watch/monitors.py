@@ -14,8 +14,9 @@ import re
 import time
 from typing import Callable, Protocol
 
-from .healthchecks import CheckSpec, Target, run_check
-from .systemd_adapter import Systemd
+from bloom_agent.config.checks import CheckSpec
+from bloom_agent.systemd.adapter import Systemd
+from bloom_agent.watch.checks import Target, run_check
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import socket
 from pathlib import Path
 from typing import Any, Callable
 
-from . import protocol
-from .errors import AgentNotRunning, PermissionDenied, ProtocolError, from_wire
+from bloom_agent.control import protocol
+from bloom_agent.errors import AgentNotRunning, PermissionDenied, ProtocolError, from_wire
 
 DEFAULT_SOCKET = Path("/run/bloom/control.sock")
 SOCKET_ENV = "BLOOM_SOCKET"

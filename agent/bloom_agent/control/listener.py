@@ -11,8 +11,8 @@ from pathlib import Path
 
 from systemd import daemon as sd_daemon
 
-from .auth import group_id
-from .errors import BloomError
+from bloom_agent.control.auth import group_id
+from bloom_agent.errors import BloomError
 
 log = logging.getLogger(__name__)
 

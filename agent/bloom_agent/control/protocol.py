@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import BloomError, ProtocolError
+from bloom_agent.errors import BloomError, ProtocolError
 
 VERSION = 1
 

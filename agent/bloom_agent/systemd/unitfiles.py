@@ -16,8 +16,8 @@ from pathlib import Path
 
 import jinja2
 
-from .apps import AppConfig
-from .paths import SOURCE_TEMPLATES, Paths
+from bloom_agent.config.apps import AppConfig
+from bloom_agent.config.paths import SOURCE_TEMPLATES, Paths
 
 # Different names on purpose: a drop-in in /etc hides one of the same name in /run, whereas
 # different names are all read, in file-name order, the later Service= winning.

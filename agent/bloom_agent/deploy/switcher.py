@@ -12,13 +12,16 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import failpoints, monitors, unitfailure, versions
-from .apps import AppConfig
-from .healthchecks import Target, run_check
-from .deployment import FAIL, LEFT, OK, OUTCOMES, RESUME_AFTER_RESTART, TERMINAL, Deployment, Outcome, Step, next_step
-from .state import StateStore
-from .systemd_adapter import Systemd
-from .unitfiles import UnitWriter
+from bloom_agent.config.apps import AppConfig
+from bloom_agent.deploy import failpoints
+from bloom_agent.deploy.deployment import FAIL, LEFT, OK, OUTCOMES, RESUME_AFTER_RESTART, TERMINAL, Deployment, Outcome, Step, next_step
+from bloom_agent.store import versions
+from bloom_agent.store.state import StateStore
+from bloom_agent.systemd import unitfailure
+from bloom_agent.systemd.adapter import Systemd
+from bloom_agent.systemd.unitfiles import UnitWriter
+from bloom_agent.watch import monitors
+from bloom_agent.watch.checks import Target, run_check
 
 log = logging.getLogger(__name__)
 

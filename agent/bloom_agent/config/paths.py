@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import AgentConfig
+from bloom_agent.config.agent import AgentConfig
 
 # Installed by the package; the source tree's copy serves tests and development.
 PACKAGE_TEMPLATES = Path("/usr/share/bloom-agent/templates")
-SOURCE_TEMPLATES = Path(__file__).resolve().parents[2] / "units" / "templates"
+SOURCE_TEMPLATES = Path(__file__).resolve().parents[3] / "units" / "templates"
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
-from .schema import Field, check_absolute_path, check_choice, check_positive, parse_table, read_toml
+from bloom_agent.config.schema import Field, check_absolute_path, check_choice, check_positive, parse_table, read_toml
+from bloom_agent.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/bloom/agent.toml")
 CONFIG_ENV = "BLOOM_CONFIG"

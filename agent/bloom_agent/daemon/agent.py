@@ -16,18 +16,23 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__, commands, config as config_mod, listener, logs, systemd_adapter
-from .appmanager import AppManager
-from .auth import Caller, group_id
-from .control import ControlServer, unknown_command
-from .errors import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, BloomError, ConfigError
-from .notify import Notifier
-from .protocol import Request
-from .paths import Paths
-from .state import StateStore, boot_id_from, utcnow
-from .switcher import Journal
-from .systemd_adapter import Systemd
-from .unitfiles import UnitWriter
+from bloom_agent import __version__
+from bloom_agent.config import agent as config_mod
+from bloom_agent.config.paths import Paths
+from bloom_agent.control import listener
+from bloom_agent.control.auth import Caller, group_id
+from bloom_agent.control.protocol import Request
+from bloom_agent.control.server import ControlServer, unknown_command
+from bloom_agent.daemon import commands
+from bloom_agent.daemon import logs
+from bloom_agent.daemon.notify import Notifier
+from bloom_agent.deploy.manager import AppManager
+from bloom_agent.deploy.switcher import Journal
+from bloom_agent.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, BloomError, ConfigError
+from bloom_agent.store.state import StateStore, boot_id_from, utcnow
+from bloom_agent.systemd import adapter as systemd_adapter
+from bloom_agent.systemd.adapter import Systemd
+from bloom_agent.systemd.unitfiles import UnitWriter
 
 log = logging.getLogger("bloom_agent")
 
@@ -243,7 +248,3 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if bound_here:  # systemd's socket outlives us; one we bound ourselves does not
             paths.control_socket.unlink(missing_ok=True)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

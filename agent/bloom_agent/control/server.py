@@ -8,9 +8,9 @@ import socket
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from . import protocol
-from .auth import Caller, is_authorized, peer_caller
-from .errors import BloomError, PermissionDenied, ProtocolError, RequestTooLarge, UnknownCommand
+from bloom_agent.control import protocol
+from bloom_agent.control.auth import Caller, is_authorized, peer_caller
+from bloom_agent.errors import BloomError, PermissionDenied, ProtocolError, RequestTooLarge, UnknownCommand
 
 log = logging.getLogger(__name__)
 

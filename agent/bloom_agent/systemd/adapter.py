@@ -12,8 +12,8 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-from . import cgroupstats
-from .errors import SystemdCallFailed, SystemdUnavailable
+from bloom_agent.errors import SystemdCallFailed, SystemdUnavailable
+from bloom_agent.systemd import cgroupstats
 
 log = logging.getLogger(__name__)
 

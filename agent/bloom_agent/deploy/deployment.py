@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from . import versions
+from bloom_agent.store import versions
 
 if TYPE_CHECKING:
-    from .apps import AppConfig
+    from bloom_agent.config.apps import AppConfig
 
 
 class Step(str, Enum):

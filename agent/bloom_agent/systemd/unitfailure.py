@@ -12,7 +12,7 @@ import signal
 import time
 from typing import Callable
 
-from .systemd_adapter import UnitStatus
+from bloom_agent.systemd.adapter import UnitStatus
 
 # Lines of a unit's journal quoted in a failure message.
 QUOTED_LINES = 3

@@ -1,0 +1,3 @@
+from bloom_agent.daemon.agent import main
+
+raise SystemExit(main())

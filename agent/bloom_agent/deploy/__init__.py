@@ -1,0 +1,2 @@
+"""Deployments: the per-app locks and operations, the switch's state machine and the runner that does
+its I/O, hooks."""
