@@ -65,7 +65,7 @@ DEPS          := $(DEB_TOOLS) python3-pytest python3-testinfra python3-paramiko 
                  python3-pystemd python3-sdnotify python3-systemd python3-psutil python3-click python3-jinja2 python3-zstandard \
                  mmdebstrap systemd-container openssh-client wrk curl ca-certificates
 
-.PHONY: deps test unit integration demo
+.PHONY: deps test unit integration demo docs
 
 # apt-get update only when something is missing, so a ready host pays nothing.
 deps:
@@ -88,6 +88,10 @@ integration: deps deb lint-deb
 
 demo: deps deb
 	$(PYTHON) scripts/demo.py --deb $(DEB_FILE)
+
+# The configuration reference's tables, from the settings' declarations (a unit test checks them).
+docs:
+	$(PYTHON) scripts/config_reference.py
 
 # Integration tests in a whole VM (the last part of `make test`; see docs/testing.md).
 include vagrant/vagrant.mk

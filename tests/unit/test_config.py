@@ -67,3 +67,17 @@ def test_unknown_key_hint_lists_known_keys(tmp_path):
     with pytest.raises(ConfigError) as info:
         config.load(write(tmp_path, "[agent]\nstatedir = 1\n"))
     assert "state_dir" in info.value.hint
+
+
+def test_each_setting_is_declared_once_and_the_reference_is_made_from_it():
+    import dataclasses
+
+    from bloom_agent.config.agent import AGENT_FIELDS, AgentConfig
+    from bloom_agent.config.apps import APP_FIELDS, AppConfig
+    from bloom_agent.config.reference import update
+
+    assert {f.name for f in dataclasses.fields(AgentConfig)} == {f.name for f in AGENT_FIELDS} | {"path", "from_file"}
+    assert {f.name for f in dataclasses.fields(AppConfig)} == (
+        {f.name for f in APP_FIELDS} - {"health_check"} | {"name", "path", "health_checks"})
+    doc = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    assert update(doc.read_text()) == doc.read_text(), "out of date: run scripts/config_reference.py"

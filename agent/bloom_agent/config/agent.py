@@ -13,19 +13,31 @@ DEFAULT_CONFIG_PATH = Path("/etc/bloom/agent.toml")
 CONFIG_ENV = "BLOOM_CONFIG"
 
 AGENT_FIELDS = [
-    Field("state_dir", str, "/var/lib/bloom", check_absolute_path),
-    Field("control_socket", str, "/run/bloom/control.sock", check_absolute_path),
-    Field("control_group", str, "bloom"),
-    Field("max_request_bytes", int, 1024 * 1024, check_positive),
-    Field("log_level", str, "info", check_choice("debug", "info", "warning", "error")),
-    Field("apps_dir", str, "/etc/bloom/apps", check_absolute_path),
-    Field("releases_dir", str, "/var/lib/bloom/releases", check_absolute_path),
+    Field("state_dir", str, "/var/lib/bloom", check_absolute_path, restart=True,
+          help="where `state.db` lives"),
+    Field("control_socket", str, "/run/bloom/control.sock", check_absolute_path, restart=True,
+          help="socket bound when the agent runs outside systemd (under systemd, `bloom-agent.socket` decides)"),
+    Field("control_group", str, "bloom",
+          help="group whose members may use `bloomctl`; root always may"),
+    Field("max_request_bytes", int, 1024 * 1024, check_positive, restart=True,
+          help="largest control request accepted"),
+    Field("log_level", str, "info", check_choice("debug", "info", "warning", "error"),
+          help="agent log verbosity"),
+    Field("apps_dir", str, "/etc/bloom/apps", check_absolute_path, restart=True,
+          help="where the app files are read from"),
+    Field("releases_dir", str, "/var/lib/bloom/releases", check_absolute_path, restart=True,
+          help="root of the apps' release directories (`RELEASES_DIR/APP/VERSION`) unless an app sets its own"),
 ]
+# Settings bound into open resources (the database, the listening socket and its stream limit, the
+# directories): a reload keeps the running value and says so.
+RESTART_ONLY = tuple(f.name for f in AGENT_FIELDS if f.restart)
 
 
 @dataclass(frozen=True)
 class AgentConfig:
     path: Path
+    from_file: bool
+    # one attribute per AGENT_FIELDS entry (tests/unit/test_config.py checks they match)
     state_dir: Path
     control_socket: Path
     control_group: str
@@ -33,7 +45,6 @@ class AgentConfig:
     log_level: str
     apps_dir: Path
     releases_dir: Path
-    from_file: bool
 
 
 def default_path() -> Path:
@@ -48,14 +59,6 @@ def load(path: Path) -> AgentConfig:
     if unknown:
         raise ConfigError(f"{path}: unknown table or key '{unknown[0]}'", hint="the agent's settings live under [agent]")
     values = parse_table(data.get("agent", {}), AGENT_FIELDS, path, prefix="agent.")
-    return AgentConfig(
-        path=path,
-        state_dir=Path(values["state_dir"]),
-        control_socket=Path(values["control_socket"]),
-        control_group=values["control_group"],
-        max_request_bytes=values["max_request_bytes"],
-        log_level=values["log_level"],
-        apps_dir=Path(values["apps_dir"]),
-        releases_dir=Path(values["releases_dir"]),
-        from_file=from_file,
-    )
+    paths = {f.name for f in AGENT_FIELDS if f.check is check_absolute_path}
+    return AgentConfig(path=path, from_file=from_file,
+                       **{name: Path(value) if name in paths else value for name, value in values.items()})

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from bloom_agent.config.checks import TRIP_SLACK_SEC, CheckSpec, parse_checks
-from bloom_agent.config.schema import Field, check_absolute_path, check_positive, parse_table, read_toml
+from bloom_agent.config.schema import (Field, check_absolute_path, check_non_negative, check_positive, parse_table,
+                                       read_toml)
 from bloom_agent.errors import ConfigError
 
 DEFAULT_APPS_DIR = Path("/etc/bloom/apps")
@@ -74,10 +75,6 @@ def _check_environment(value: dict) -> str | None:
     return None
 
 
-def _check_non_negative(value: float) -> str | None:
-    return None if value >= 0 else f"must be 0 or more, got {value}"
-
-
 def _check_patterns(value: list) -> str | None:
     for item in value:
         if not isinstance(item, str):
@@ -104,45 +101,66 @@ def _check_paths(value: list) -> str | None:
 
 
 APP_FIELDS = [
-    Field("listen", list, None, _check_listen),
-    Field("exec", str, None, _check_exec),
-    Field("user", str, "", _check_user),
-    Field("group", str, "", _check_user),
-    Field("environment", dict, {}, _check_environment),
-    Field("notify", bool, True),
-    Field("ready_timeout_sec", float, 30.0, check_positive),
-    Field("stop_timeout_sec", float, 30.0, check_positive),
-    Field("watchdog_sec", float, 0.0, _check_non_negative),
-    Field("probation_sec", float, 30.0, _check_non_negative),
-    Field("keep_releases", int, 5, check_positive),
-    Field("releases_dir", str, "", check_absolute_path),
-    Field("require_checksum", bool, False),
-    Field("min_free_bytes", int, 100 * 1024 * 1024, _check_non_negative),
-    Field("max_release_bytes", int, 2 * 1024**3, check_positive),
+    Field("listen", list, None, _check_listen, required=True, kind="list of strings",
+          help="addresses the app's socket unit listens on"),
+    Field("exec", str, None, _check_exec, required=True,
+          help="command line of the app, program relative to the release directory"),
+    Field("user", str, "", _check_user,
+          help="run as this existing user; empty: a dynamic user (`DynamicUser=yes`)"),
+    Field("group", str, "", _check_user, help="`Group=`"),
+    Field("environment", dict, {}, _check_environment, kind="table of strings",
+          help="extra environment variables"),
+    Field("notify", bool, True,
+          help="the app sends `READY=1` (`Type=notify`); `false`: ready as soon as it is executed (`Type=exec`)"),
+    Field("ready_timeout_sec", float, 30.0, check_positive,
+          help="time to become ready and pass the pre-switch checks"),
+    Field("stop_timeout_sec", float, 30.0, check_positive,
+          help="time a stopping release has to drain before it is killed"),
+    Field("watchdog_sec", float, 0.0, check_non_negative, help="`WatchdogSec=`; 0: no watchdog"),
+    Field("probation_sec", float, 30.0, check_non_negative,
+          help="how long a new release is watched after the old one stopped; 0: no probation"),
+    Field("keep_releases", int, 5, check_positive, help="releases kept on disk after a successful switch"),
+    Field("releases_dir", str, "", check_absolute_path, shown_default="`RELEASES_DIR/APP`",
+          help="this app's release directory"),
+    Field("require_checksum", bool, False, help="refuse a tarball without a SHA-256 to check it against"),
+    Field("min_free_bytes", int, 100 * 1024 * 1024, check_non_negative, shown_default="`104857600` (100 MiB)",
+          help="free space an install must leave on the release file system"),
+    Field("max_release_bytes", int, 2 * 1024**3, check_positive, shown_default="`2147483648` (2 GiB)",
+          help="largest release, unpacked (sum of regular files)"),
     # Hardening opt-outs: sandboxed unless the app says it cannot be.
-    Field("sandbox", bool, True),
-    Field("read_write_paths", list, [], _check_paths),
-    Field("private_network", bool, False),
+    Field("sandbox", bool, True, help="systemd hardening of the app's service"),
+    Field("read_write_paths", list, [], _check_paths, kind="list of absolute paths",
+          help="writable paths under the sandbox (`ReadWritePaths=`)"),
+    Field("private_network", bool, False, help="`PrivateNetwork=yes`"),
     # journald's per-unit rate limit (unset: journald's own). A release over it has its lines dropped
     # and a "Suppressed N messages" entry, which probation counts as N errors: chatty apps raise it.
-    Field("log_rate_limit_interval_sec", float, None, _check_non_negative),
-    Field("log_rate_limit_burst", int, None, _check_non_negative),
+    Field("log_rate_limit_interval_sec", float, None, check_non_negative, shown_default="unset (journald's, 30 s)",
+          help="`LogRateLimitIntervalSec=`: journald's rate-limit window for the release's lines; 0: no limit"),
+    Field("log_rate_limit_burst", int, None, check_non_negative, shown_default="unset (journald's, 10000)",
+          help="`LogRateLimitBurst=`: lines per window before journald drops the rest"),
     # Probation monitors (the unit's crashes, restarts and watchdog are always watched).
-    Field("max_error_rate_per_minute", int, 20, _check_non_negative),
-    Field("error_patterns", list, [], _check_patterns),
-    Field("health_check", list, []),
+    Field("max_error_rate_per_minute", int, 20, check_non_negative,
+          help="probation: more errors than this in a minute roll back"),
+    Field("error_patterns", list, [], _check_patterns, kind="list of regular expressions",
+          help="probation: journal lines matching one count as errors, whatever their priority"),
+    Field("health_check", list, [], kind="array of tables", shown_default="none",
+          help="[health checks](#health-checks)"),
     # Hooks: shell commands run with the event as JSON on stdin.
-    Field("on_switch", list, [], _check_commands),
-    Field("on_rollback", list, [], _check_commands),
-    Field("on_rollback_failure", list, [], _check_commands),
+    Field("on_switch", list, [], _check_commands, kind="list of command strings",
+          help="[hooks](#hooks): after a switch that ended `done`"),
+    Field("on_rollback", list, [], _check_commands, kind="list of command strings",
+          help="[hooks](#hooks): after a switch that ended `failed` or `rolled-back`"),
+    Field("on_rollback_failure", list, [], _check_commands, kind="list of command strings",
+          help="[hooks](#hooks): after a switch that ended `degraded`"),
 ]
-REQUIRED = ("listen", "exec")
 
 
 @dataclass(frozen=True)
 class AppConfig:
     name: str
     path: Path
+    # one attribute per APP_FIELDS entry, health_check parsed into health_checks
+    # (tests/unit/test_config.py checks they match)
     listen: tuple[str, ...]
     exec: str
     user: str
@@ -199,39 +217,15 @@ def load_app(path: Path, releases_root: Path = DEFAULT_RELEASES_ROOT) -> AppConf
     if not _APP_NAME.fullmatch(name):
         raise ConfigError(f"{path}: invalid app name {name!r} (from the file name): use a-z, 0-9, '-' and '_'")
     values = parse_table(read_toml(path), APP_FIELDS, path)
-    for key in REQUIRED:
-        if values[key] is None:
-            raise ConfigError(f"{path}: missing required key '{key}'", hint=_EXAMPLE)
-    return AppConfig(
-        name=name,
-        path=path,
-        listen=tuple(values["listen"]),
-        exec=values["exec"],
-        user=values["user"],
-        group=values["group"],
-        environment=dict(values["environment"]),
-        notify=values["notify"],
-        ready_timeout_sec=values["ready_timeout_sec"],
-        stop_timeout_sec=values["stop_timeout_sec"],
-        watchdog_sec=values["watchdog_sec"],
-        probation_sec=values["probation_sec"],
-        keep_releases=values["keep_releases"],
-        releases_dir=Path(values["releases_dir"]) if values["releases_dir"] else releases_root / name,
-        require_checksum=values["require_checksum"],
-        min_free_bytes=values["min_free_bytes"],
-        max_release_bytes=values["max_release_bytes"],
-        sandbox=values["sandbox"],
-        read_write_paths=tuple(values["read_write_paths"]),
-        private_network=values["private_network"],
-        log_rate_limit_interval_sec=values["log_rate_limit_interval_sec"],
-        log_rate_limit_burst=values["log_rate_limit_burst"],
-        max_error_rate_per_minute=values["max_error_rate_per_minute"],
-        error_patterns=tuple(values["error_patterns"]),
-        health_checks=parse_checks(values["health_check"], path, tuple(values["listen"])),
-        on_switch=tuple(values["on_switch"]),
-        on_rollback=tuple(values["on_rollback"]),
-        on_rollback_failure=tuple(values["on_rollback_failure"]),
-    )
+    for field in APP_FIELDS:
+        if field.required and values[field.name] is None:
+            raise ConfigError(f"{path}: missing required key '{field.name}'", hint=_EXAMPLE)
+    checks = parse_checks(values.pop("health_check"), path, tuple(values["listen"]))
+    own_dir = values.pop("releases_dir")
+    releases_dir = Path(own_dir) if own_dir else releases_root / name
+    # TOML lists become tuples: an AppConfig is compared and hashed as a value.
+    frozen = {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
+    return AppConfig(name=name, path=path, releases_dir=releases_dir, health_checks=checks, **frozen)
 
 
 def load_apps(apps_dir: Path, releases_root: Path = DEFAULT_RELEASES_ROOT) -> tuple[dict[str, AppConfig], dict[str, str]]:

@@ -41,8 +41,6 @@ SHUTDOWN_GRACE = 10.0
 # Without a watchdog the loop still wakes now and then; it costs nothing and keeps the code path hot.
 IDLE_TICK = 30.0
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-# Settings bound into open resources (the database, the listening socket and its stream limit).
-RESTART_ONLY = ("state_dir", "control_socket", "max_request_bytes", "apps_dir", "releases_dir")
 
 
 class Agent:
@@ -169,10 +167,10 @@ class Agent:
             log.error("configuration not reloaded, keeping the running one: %s", err)
             self.store.record_agent_event("reload-refused", __version__, str(err))
             return False
-        for key in RESTART_ONLY:
+        for key in config_mod.RESTART_ONLY:
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("agent.%s changed; it takes effect when the agent restarts", key)
-        self.config = dataclasses.replace(new, **{key: getattr(self.config, key) for key in RESTART_ONLY})
+        self.config = dataclasses.replace(new, **{key: getattr(self.config, key) for key in config_mod.RESTART_ONLY})
         logs.set_level(new.log_level)
         self.config_loaded_at = utcnow()
         if self.apps is not None:
