@@ -251,3 +251,65 @@ def test_ctrl_c_on_a_waiting_switch_detaches_and_the_switch_goes_on(safe):
         assert safe.status()["current"] == "2.4.0"
     finally:
         safe.configure()
+
+
+ODD_FILE = r'''listen = ["127.0.0.1:8095"]
+exec = 'bin/sampleapp --name "a b" --spec %h --var $HOME --slash back\\slash --quote "q\"d" --semi ";"'
+environment = { GREETING = 'hello %h $HOME "q" back\slash ;', EMPTY = "" }
+'''
+DUMP = """#!/usr/bin/python3
+import json, os, sys
+print(json.dumps({"argv": sys.argv[1:], "env": {k: os.environ.get(k) for k in ("GREETING", "EMPTY")}}))
+"""
+
+
+def test_hostile_values_reach_the_program_exactly_as_given(safe):
+    """Quotes, spaces, %specifiers, $variables, backslashes and ';' in exec and environment: the
+    program systemd starts receives exactly what the app file says (exec split as shlex splits it)."""
+    import shlex
+    import tomllib
+
+    release = "/var/lib/bloom/releases/odd/1"
+    safe.host.check_output(f"cat > /etc/bloom/apps/odd.toml <<'EOF'\n{ODD_FILE}EOF\nbloomctl reload && "
+                           f"mkdir -p {release}/bin && cat > {release}/bin/sampleapp <<'EOF'\n{DUMP}EOF\n"
+                           f"chmod 755 {release}/bin/sampleapp")
+    # the socket names a release, as a deploy would leave it
+    safe.host.check_output("mkdir -p /etc/systemd/system/odd.socket.d && printf '[Socket]\\nService=odd@1.service\\n' "
+                           "> /etc/systemd/system/odd.socket.d/50-bloom-release.conf && systemctl daemon-reload")
+    try:
+        safe.host.run("systemctl start odd@1.service")  # it prints and exits without READY=1: that is all we need
+        wait_until(lambda: safe.host.run("journalctl -u odd@1.service -o cat --no-pager | grep -q argv").rc == 0,
+                   20, "the program's output")
+        line = next(x for x in safe.host.check_output("journalctl -u odd@1.service -o cat --no-pager").splitlines()
+                    if x.startswith('{"argv"'))
+        got = json.loads(line)
+        declared = tomllib.loads(ODD_FILE)
+        assert got["argv"] == shlex.split(declared["exec"])[1:]
+        assert got["env"] == declared["environment"]
+    finally:
+        safe.host.run("systemctl stop odd@1.service odd.socket; systemctl reset-failed 'odd*'; "
+                      f"rm -rf /etc/bloom/apps/odd.toml /etc/systemd/system/odd.socket /etc/systemd/system/odd@.service "
+                      "/etc/systemd/system/odd.socket.d "
+                      "/var/lib/bloom/releases/odd; bloomctl reload")
+
+
+def test_forged_journal_entries_cannot_roll_a_release_back(safe):
+    """Any local user may log UNIT=, MESSAGE_ID= and odd priorities; only journald's own fields count."""
+    safe.configure(probation=4)
+    forge = ("import sys; from systemd import journal\n"
+             "for i in range(40):\n"
+             "    journal.send(f'forged {i}', UNIT=sys.argv[1], PRIORITY='3')\n"
+             "    journal.send('Suppressed 500 messages from ' + sys.argv[1], UNIT=sys.argv[1],\n"
+             "                 MESSAGE_ID='a596d6fe7bfa4994828e72309e95d61e', PRIORITY='6')\n"
+             "    journal.send(f'odd {i}', UNIT=sys.argv[1], PRIORITY='err')\n")
+    try:
+        safe.host.check_output("id mallory || useradd --create-home mallory")
+        safe.host.check_output(f"cat > /tmp/forge.py <<'EOF'\n{forge}EOF")
+        started = safe.host.run(f"bloomctl deploy --no-wait safe {safe.release('2.5.0')}")
+        assert started.rc == 0, started.stderr
+        wait_until(lambda: safe.status()["state"] == "probation", 20, "probation to begin")
+        safe.host.check_output("runuser -u mallory -- python3 /tmp/forge.py safe@2.5.0.service")
+        wait_until(lambda: safe.status()["state"] == "serving", 30, "the switch to finish")
+        assert safe.status()["current"] == "2.5.0", safe.host.check_output("bloomctl history safe | head -3")
+    finally:
+        safe.configure()

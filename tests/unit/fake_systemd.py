@@ -132,7 +132,8 @@ class FakeJournal:
         import time
 
         for entry in list(self.entries):
-            trip = self._real.feed(entry, time.monotonic())
+            # as the real reader's match on the unit would find it: logged by the release
+            trip = self._real.feed({"_SYSTEMD_UNIT": self._real.unit, **entry}, time.monotonic())
             if trip:
                 return trip
         await asyncio.Event().wait()

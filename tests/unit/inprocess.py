@@ -39,14 +39,14 @@ class InProcessAgent:
         self.paths.boot_id_file.parent.mkdir(parents=True, exist_ok=True)
         self.paths.boot_id_file.write_text(value + "\n")
 
-    def tarball(self, name: str, version: str) -> str:
+    def tarball(self, name: str, version: str) -> Path:
         path = self.root / f"{name}-{version}.tar.gz"
         with tarfile.open(path, "w:gz") as tar:
             program = f"#!/bin/sh\necho {version}\n".encode()
             info = tarfile.TarInfo("bin/app")
             info.mode, info.size = 0o755, len(program)
             tar.addfile(info, io.BytesIO(program))
-        return str(path)
+        return path
 
     async def start(self) -> "InProcessAgent":
         store = StateStore(self.paths.state_db, boot_id=boot_id_from(self.paths.boot_id_file))
@@ -63,9 +63,29 @@ class InProcessAgent:
         raise AssertionError("the agent did not get ready")
 
     async def call(self, command: str, args: dict | None = None, progress: list | None = None):
-        """bloomctl's client, in a thread: it blocks, and the agent runs in this loop."""
-        return await asyncio.to_thread(client.call, command, args, socket_path=self.paths.control_socket,
-                                       on_progress=progress.append if progress is not None else None, timeout=30)
+        """bloomctl's client, in a thread: it blocks, and the agent runs in this loop. A ``tarball``
+        argument is sent with the request, as bloomctl sends it."""
+        args = dict(args or {})
+        tarball = args.pop("tarball", None)
+        upload = open(tarball, "rb") if tarball else None
+        if tarball:
+            args["filename"] = tarball.name
+        try:
+            return await asyncio.to_thread(client.call, command, args, socket_path=self.paths.control_socket,
+                                           on_progress=progress.append if progress is not None else None,
+                                           timeout=30, upload=upload)
+        finally:
+            if upload:
+                upload.close()
+
+    async def in_probation(self, app: str, first: str, second: str) -> None:
+        """``first`` serving, and a switch to ``second`` in a long probation (the app file says 60 s)."""
+        await self.call("deploy", {"app": app, "tarball": self.tarball(app, first)})
+        self.declare(app, 8080, probation=60)
+        await self.call("reload")
+        await self.call("deploy", {"app": app, "tarball": self.tarball(app, second), "wait": False})
+        while (await self.call("status", {"app": app}))["state"] != "probation":
+            await asyncio.sleep(0.02)
 
     async def settled(self) -> None:
         """Wait until the agent's reconcile after start is over."""

@@ -2,6 +2,7 @@
 app locks, reconcile after a restart, the probation fast path and operations on several apps at once."""
 
 import asyncio
+import json
 
 import pytest
 
@@ -72,12 +73,7 @@ def test_rollback_during_probation_aborts_it_at_once(tmp_path):
 
     async def scenario():
         await host.start()
-        await host.call("deploy", {"app": "web", "tarball": host.tarball("web", "1.0.0")})
-        host.declare("web", 8080, probation=60)
-        await host.call("reload")
-        await host.call("deploy", {"app": "web", "tarball": host.tarball("web", "2.0.0"), "wait": False})
-        while (await host.call("status", {"app": "web"}))["state"] != "probation":
-            await asyncio.sleep(0.02)
+        await host.in_probation("web", "1.0.0", "2.0.0")
         began = asyncio.get_running_loop().time()
         out = await host.call("rollback", {"app": "web"})
         took = asyncio.get_running_loop().time() - began
@@ -101,12 +97,7 @@ def test_a_switch_in_probation_when_the_agent_stops_is_resumed_by_the_next_one(t
 
     async def scenario():
         await host.start()
-        await host.call("deploy", {"app": "web", "tarball": host.tarball("web", "1.0.0")})
-        host.declare("web", 8080, probation=60)
-        await host.call("reload")
-        await host.call("deploy", {"app": "web", "tarball": host.tarball("web", "2.0.0"), "wait": False})
-        while (await host.call("status", {"app": "web"}))["state"] != "probation":
-            await asyncio.sleep(0.02)
+        await host.in_probation("web", "1.0.0", "2.0.0")
         assert await host.stop() == 0  # the switch in flight is left, recorded, to the next agent
         if rebooted:
             host.set_boot_id("boot-2")
@@ -125,3 +116,124 @@ def test_a_switch_in_probation_when_the_agent_stops_is_resumed_by_the_next_one(t
     if rebooted:
         assert switch["reason"] == "the host rebooted during step probation; back on the last good release"
     assert (status["state"], status["current"], status["running"]) == ("serving", serving, [f"web@{serving}.service"])
+
+
+def _bloomctl(socket_path, *args, stdin=None, env=None):
+    """bloomctl as a process, against the in-process agent's socket."""
+    import subprocess
+    import sys
+
+    from agentproc import agent_env
+
+    return asyncio.to_thread(subprocess.run, [sys.executable, "-m", "bloom_agent.cli", "--socket", str(socket_path),
+                                              *args], stdin=stdin, capture_output=True, text=True, timeout=30,
+                             env=agent_env(**(env or {})))
+
+
+def test_a_tarball_from_standard_input_and_a_truncated_upload(tmp_path):
+    import json
+    import socket
+
+    from bloom_agent.control import protocol
+
+    host = InProcessAgent(tmp_path)
+    host.declare("web", 8080)
+
+    async def scenario():
+        await host.start()
+        with open(host.tarball("web", "1.0.0"), "rb") as stdin:
+            piped = await _bloomctl(host.paths.control_socket, "deploy", "web", "-", "--filename", "web-1.0.0.tar.gz",
+                                    stdin=stdin)
+        with open(host.tarball("web", "1.1.0"), "rb") as stdin:
+            nameless = await _bloomctl(host.paths.control_socket, "install", "web", "-", stdin=stdin)
+
+        def cut_short():
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.connect(str(host.paths.control_socket))
+                sock.sendall(protocol.encode_request("install", {"app": "web", "version": "2.0.0"}, upload=True))
+                sock.sendall(protocol.CHUNK_HEADER.pack(1000) + b"x" * 10)
+                sock.shutdown(socket.SHUT_WR)
+                return json.loads(sock.makefile("rb").readline())
+
+        truncated = await asyncio.to_thread(cut_short)
+        releases = await host.call("releases", {"app": "web"})
+        history = await host.call("history", {"app": "web", "limit": 1})
+        await host.stop()
+        return piped, nameless, truncated, releases, history
+
+    piped, nameless, truncated, releases, history = run(scenario())
+    assert piped.returncode == 0, piped.stderr
+    assert "web: - -> 1.0.0: done" in piped.stdout
+    assert nameless.returncode == 2
+    assert "bloomctl: the release's version is needed: pass --version X.Y.Z" in nameless.stderr
+    assert truncated["error"]["message"] == "the upload ended after 0 bytes: the connection closed before its end"
+    assert [r["version"] for r in releases] == ["1.0.0"]
+    assert (history[0]["version"], history[0]["outcome"]) == ("2.0.0", "failed")
+    leftovers = [p.name for p in (tmp_path / "var/lib/bloom/releases/web").iterdir()]
+    assert leftovers == ["1.0.0"], "no spool file or staging directory is left behind"
+
+
+def test_an_upload_over_max_release_bytes_is_refused(tmp_path):
+    host = InProcessAgent(tmp_path)
+    host.declare("web", 8080, extra="max_release_bytes = 100\n")
+
+    async def scenario():
+        await host.start()
+        try:
+            await host.call("install", {"app": "web", "tarball": host.tarball("web", "1.0.0")})
+        finally:
+            await host.stop()
+
+    from bloom_agent.errors import RequestTooLarge
+
+    with pytest.raises(RequestTooLarge, match="upload larger than 100 bytes"):
+        run(scenario())
+    assert [p.name for p in (tmp_path / "var/lib/bloom/releases/web").iterdir()] == []
+
+
+def test_bloomctl_dash_h_goes_through_ssh_and_the_stdio_bridge(tmp_path):
+    """ssh itself is stood in for (tests/unit/fake_ssh.py); the bridge and the transport are real."""
+    import sys
+    from pathlib import Path
+
+    fake_ssh = Path(__file__).with_name("fake_ssh.py")
+    host = InProcessAgent(tmp_path)
+    host.declare("web", 8080)
+
+    async def scenario():
+        await host.start()
+        env = {"BLOOM_SSH": f"{sys.executable} {fake_ssh}", "BLOOM_SOCKET": str(host.paths.control_socket)}
+        deployed = await _bloomctl("/nonexistent.sock", "-H", "deployer@web1:2222", "deploy", "web",
+                                   str(host.tarball("web", "1.0.0")), env=env)
+        status = await _bloomctl("/nonexistent.sock", "-H", "web1", "status", "web", "--json", env=env)
+        unknown = await _bloomctl("/nonexistent.sock", "-H", "web1", "rollback", "nosuch", env=env)
+        await host.stop()
+        gone = await _bloomctl("/nonexistent.sock", "-H", "web1", "status", env=env)
+        return deployed, status, unknown, gone
+
+    deployed, status, unknown, gone = run(scenario())
+    assert deployed.returncode == 0, deployed.stderr
+    assert "web: - -> 1.0.0: done" in deployed.stdout
+    assert json.loads(status.stdout)["current"] == "1.0.0"
+    assert unknown.returncode == 1 and "bloomctl: unknown app 'nosuch'" in unknown.stderr
+    assert gone.returncode == 1 and "bloom-agent is not running" in gone.stderr
+
+
+@pytest.mark.parametrize("spec, argv", [
+    ("web1", ["-xT", "web1"]),
+    ("deploy@web1", ["-xT", "-l", "deploy", "web1"]),
+    ("deploy@web1:2222", ["-xT", "-p", "2222", "-l", "deploy", "web1"]),
+])
+def test_ssh_command(spec, argv, monkeypatch):
+    from bloom_agent.control.client import ssh_command
+
+    monkeypatch.delenv("BLOOM_SSH", raising=False)
+    assert ssh_command(spec) == ["ssh", *argv, "--", "bloomctl", "stdio-bridge"]
+
+
+def test_a_host_that_looks_like_an_option_is_refused():
+    from bloom_agent.control.client import ssh_command
+    from bloom_agent.errors import InvalidArguments
+
+    with pytest.raises(InvalidArguments, match="cannot read host '-oProxyCommand=x'"):
+        ssh_command("-oProxyCommand=x")

@@ -127,6 +127,23 @@ def test_reload_warns_about_checks_that_cannot_trip_within_probation(env):
            "more than probation_sec = 10" in warning
 
 
+class FileUpload:
+    """A tarball sent with the request, as the control server hands it to the manager."""
+
+    def __init__(self, path):
+        self.path = path
+
+    async def copy_to(self, write, limit):
+        data = self.path.read_bytes()
+        assert len(data) <= limit
+        write(data)
+        return len(data)
+
+
+def deploy(env, tarball, **kwargs):
+    return env.manager.deploy("web", FileUpload(tarball), tarball.name, None, None, ROOT, **kwargs)
+
+
 def _tarball(tmp_path, name="web-1.0.0.tar.gz", content=b"#!/bin/sh\n"):
     import io
     import tarfile
@@ -141,9 +158,9 @@ def _tarball(tmp_path, name="web-1.0.0.tar.gz", content=b"#!/bin/sh\n"):
 
 def test_deploying_what_is_installed_and_serving_again_is_a_successful_no_op(env):
     tarball = _tarball(env.tmp)
-    first = env.run(env.manager.deploy("web", str(tarball), None, None, ROOT))
+    first = env.run(deploy(env, tarball))
     assert (first["outcome"], first["version"]) == ("done", "1.0.0")
-    again = env.run(env.manager.deploy("web", str(tarball), None, None, ROOT))
+    again = env.run(deploy(env, tarball))
     assert (again["outcome"], again["exit_code"]) == ("unchanged", 0)
     assert again["reason"] == "web 1.0.0 is already installed and serving; nothing to do"
     assert [h["outcome"] for h in env.manager.history("web", 10)][:1] == ["unchanged"]
@@ -151,14 +168,14 @@ def test_deploying_what_is_installed_and_serving_again_is_a_successful_no_op(env
 
 def test_same_version_other_contents_is_refused_and_installed_not_serving_hints_switch(env):
     first = _tarball(env.tmp)
-    env.run(env.manager.deploy("web", str(first), None, None, ROOT))
+    env.run(deploy(env, first))
     (env.tmp / "other").mkdir()
     other = _tarball(env.tmp / "other", content=b"#!/bin/sh\necho changed\n")
     with pytest.raises(BloomError, match="web 1.0.0 is already installed with other contents"):
-        env.run(env.manager.install("web", str(other), None, None, ROOT))
-    env.run(env.manager.deploy("web", str(_tarball(env.tmp, "web-2.0.0.tar.gz")), None, None, ROOT))
+        env.run(env.manager.install("web", FileUpload(other), other.name, None, None, ROOT))
+    env.run(deploy(env, _tarball(env.tmp, "web-2.0.0.tar.gz")))
     with pytest.raises(BloomError) as info:
-        env.run(env.manager.deploy("web", str(first), None, None, ROOT))
+        env.run(deploy(env, first))
     assert str(info.value.message) == "web 1.0.0 is already installed but not serving (current: 2.0.0)"
     assert info.value.hint == "to serve it: bloomctl switch web 1.0.0"
 
@@ -182,7 +199,7 @@ def test_deploy_holds_the_app_from_install_to_the_end_of_the_switch(env, monkeyp
     env.add("0.9.0")
 
     async def scenario():
-        deploying = asyncio.ensure_future(env.manager.deploy("web", str(_tarball(env.tmp)), None, None, ROOT))
+        deploying = asyncio.ensure_future(deploy(env, _tarball(env.tmp)))
         await asyncio.to_thread(unpacking.wait, 10)
         with pytest.raises(Busy, match="busy: deploy of web started by root"):
             await env.manager.switch("web", "0.9.0", ROOT)

@@ -41,6 +41,14 @@ def test_minimal_app_with_defaults(tmp_path):
     ('listen = ["127.0.0.1:80"]\nexec = "x"\nenvironment = { A = 1 }\n', "value of 'A' must be a string"),
     ('listen = ["127.0.0.1:80"]\nexec = "x"\nkeep_releases = 0\n', "must be greater than 0"),
     ('listen = ["127.0.0.1:80"]\nexec = "x"\nprobation = 3\n', "unknown key 'probation'"),
+    # what would inject lines or change meaning in a unit file is refused
+    ('listen = ["127.0.0.1:80"]\nexec = "x --a\\nExecStartPre=+/bin/sh"\n', "contains a control character ('\\n')"),
+    ('listen = ["127.0.0.1:80"]\nexec = "x"\nenvironment = { A = "1\\nB=2" }\n', "value of 'A': '1\\nB=2' contains a control"),
+    ('listen = ["/run/web/a b.sock"]\nexec = "x"\n', "' ' is not allowed in a path"),
+    ('listen = ["/run/web/%i.sock"]\nexec = "x"\n', "'%' is not allowed in a path"),
+    ('listen = ["127.0.0.1:80"]\nexec = "x"\nread_write_paths = ["/srv/a /etc"]\n', "' ' is not allowed in a path"),
+    ('listen = ["127.0.0.1:80"]\nexec = "x"\nreleases_dir = "/srv/$HOME"\n', "'$' is not allowed in a path"),
+    ('listen = ["127.0.0.1:80"]\nexec = "x"\nreleases_dir = "srv"\n', "'srv' is not an absolute path"),
 ])
 def test_bad_app_files_name_file_and_key(tmp_path, text, message):
     path = write(tmp_path, text)

@@ -14,7 +14,13 @@ from fake_systemd import FakeSystemd
 
 
 def entry(message, priority=6, **extra):
-    return {"MESSAGE": message, "PRIORITY": priority, **extra}
+    """A line the release itself logged (journald's trusted _SYSTEMD_UNIT says so)."""
+    return {"MESSAGE": message, "PRIORITY": priority, "_SYSTEMD_UNIT": "web@2.service", **extra}
+
+
+def journald(message, **extra):
+    """A line journald itself wrote."""
+    return {"MESSAGE": message, "PRIORITY": 6, "_TRANSPORT": "driver", "_PID": 99, **extra}
 
 
 def test_journal_counts_errors_in_a_sliding_minute():
@@ -39,10 +45,28 @@ def test_journal_patterns_count_info_lines():
 
 def test_journal_suppressed_messages_count_as_errors_for_that_unit_only():
     m = monitors.JournalMonitor("web@2.service", 20, ())
-    other = entry("Suppressed 500 messages from web@1.service", 6, MESSAGE_ID=monitors.SUPPRESSED_MESSAGE_ID)
+    other = journald("Suppressed 500 messages from web@1.service", MESSAGE_ID=monitors.SUPPRESSED_MESSAGE_ID)
     assert m.feed(other, 0) is None
-    ours = entry("Suppressed 37 messages from web@2.service", 6, MESSAGE_ID=monitors.SUPPRESSED_MESSAGE_ID)
+    ours = journald("Suppressed 37 messages from web@2.service", MESSAGE_ID=monitors.SUPPRESSED_MESSAGE_ID)
     assert "journal error rate 37/min" in m.feed(ours, 1)
+
+
+def test_journal_counts_only_what_trusted_fields_say_comes_from_the_release():
+    """Anyone may log UNIT=, MESSAGE_ID= or a PRIORITY that is not a number; none of it counts."""
+    m = monitors.JournalMonitor("web@2.service", 0, ())
+    forged = [
+        {"MESSAGE": "fake", "PRIORITY": 3, "UNIT": "web@2.service", "_PID": 4242, "_SYSTEMD_UNIT": "session-3.scope"},
+        {"MESSAGE": "Suppressed 999 messages from web@2.service", "PRIORITY": 6,
+         "MESSAGE_ID": monitors.SUPPRESSED_MESSAGE_ID, "_TRANSPORT": "journal", "_PID": 4242},
+        entry("odd priority", b"err"),
+        entry("no priority", None),
+    ]
+    for i, e in enumerate(forged):
+        assert m.feed(e, i) is None, e
+    # systemd's own line about the unit (PID 1) does count
+    assert "journal error rate 1/min" in m.feed(
+        {"MESSAGE": "web@2.service: Failed", "PRIORITY": 3, "UNIT": "web@2.service", "_PID": 1,
+         "_SYSTEMD_UNIT": "init.scope"}, 10)
 
 
 def _status(systemd, unit):

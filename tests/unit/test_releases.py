@@ -107,17 +107,14 @@ def test_truncated_archive(app, tmp_path):
     assert list(app.releases_dir.iterdir()) == []
 
 
-def test_checksum_sources(tmp_path):
-    tarball = tmp_path / "web-1.0.0.tar.gz"
-    tarball.write_bytes(b"x")
-    assert releases.expected_checksum(tarball, None, required=False) is None
-    with pytest.raises(releases.InstallError, match="requires one"):
-        releases.expected_checksum(tarball, None, required=True)
-    (tmp_path / "web-1.0.0.tar.gz.sha256").write_text("A" * 64 + "  web-1.0.0.tar.gz\n")
-    assert releases.expected_checksum(tarball, None, required=True) == "a" * 64
-    assert releases.expected_checksum(tarball, "b" * 64, required=True) == "b" * 64
+def test_checksum_sources():
+    """The agent takes the checksum the caller sends (bloomctl reads any sidecar file, as the caller)."""
+    assert releases.expected_checksum("web-1.0.0.tar.gz", None, required=False) is None
+    with pytest.raises(releases.InstallError, match="no checksum for web-1.0.0.tar.gz: this app requires one"):
+        releases.expected_checksum("web-1.0.0.tar.gz", None, required=True)
+    assert releases.expected_checksum("web-1.0.0.tar.gz", "B" * 64, required=True) == "b" * 64
     with pytest.raises(releases.InstallError, match="not a SHA-256"):
-        releases.expected_checksum(tarball, "abc", required=False)
+        releases.expected_checksum("web-1.0.0.tar.gz", "abc", required=False)
 
 
 def test_checksum_mismatch_refused(app, tmp_path):
@@ -147,9 +144,9 @@ def test_free_space_floor(tmp_path):
 def test_version_from_file_name(name, version):
     if version is None:
         with pytest.raises(versions.InvalidVersion, match="cannot tell the version"):
-            releases.version_from_name("web", Path(name))
+            releases.version_from_name("web", name)
     else:
-        assert releases.version_from_name("web", Path(name)) == version
+        assert releases.version_from_name("web", name) == version
 
 
 def test_staging_leftovers_are_removed(app):
@@ -193,3 +190,12 @@ def test_one_directory_is_fine_when_exec_goes_through_it_and_a_warning_otherwise
                             "1.0.1", None)
     assert done.warning.startswith("everything in the tarball is under one directory, 'pkg/'; the app starts in the "
                                    "directory above it")
+
+
+def test_group_and_world_write_bits_are_masked(app, tmp_path):
+    members = [("bin", b"", tarfile.DIRTYPE, 0o777, ""), ("bin/server", b"#!/bin/sh\n", tarfile.REGTYPE, 0o777, ""),
+               ("data.txt", b"x", tarfile.REGTYPE, 0o666, "")]
+    done = releases.install(app, make_tar(tmp_path / "w.tar.gz", members), "1.0.0", None)
+    assert {p.name: p.stat().st_mode & 0o777 for p in [done.path / "bin", done.path / "bin/server",
+                                                        done.path / "data.txt"]} == {
+        "bin": 0o755, "server": 0o755, "data.txt": 0o644}

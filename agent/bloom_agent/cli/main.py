@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
@@ -16,11 +16,16 @@ from bloom_agent.errors import EXIT_DETACHED, EXIT_ERROR, EXIT_USAGE, BloomError
 
 
 class Context:
-    def __init__(self, socket_path: Path) -> None:
-        self.socket_path = socket_path
+    """Where requests go: the local agent's socket, or another host's agent over ssh (-H)."""
 
-    def call(self, command: str, args: dict[str, Any] | None = None, timeout: float | None = 60.0) -> Any:
-        return client.call(command, args, socket_path=self.socket_path, timeout=timeout)
+    def __init__(self, socket_path: Path, host: str | None) -> None:
+        self.socket_path = socket_path
+        self.host = host
+
+    def call(self, command: str, args: dict[str, Any] | None = None, timeout: float | None = 60.0,
+             on_progress=None, upload: BinaryIO | None = None) -> Any:
+        return client.call(command, args, socket_path=self.socket_path, timeout=timeout, on_progress=on_progress,
+                           upload=upload, host=self.host)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -29,11 +34,14 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print machin
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--socket", "socket_path", type=click.Path(path_type=Path, readable=False), envvar=client.SOCKET_ENV,
               default=client.DEFAULT_SOCKET, show_default=True, help="The agent's control socket.")
+@click.option("-H", "--host", "host", envvar=client.HOST_ENV, metavar="[USER@]HOST[:PORT]",
+              help="Act on the agent of another host, over ssh (bloomctl must be installed there; "
+                   f"${client.SSH_ENV} sets the ssh command).")
 @click.version_option(__version__, prog_name="bloomctl", message="%(prog)s %(version)s")
 @click.pass_context
-def cli(ctx: click.Context, socket_path: Path) -> None:
+def cli(ctx: click.Context, socket_path: Path, host: str | None) -> None:
     """Control bloom-agent: zero-downtime release switching with automatic rollback."""
-    ctx.obj = Context(socket_path)
+    ctx.obj = Context(socket_path, host or None)
 
 
 wait_option = click.option("--wait/--no-wait", default=True, show_default=True,
@@ -89,27 +97,53 @@ def reload(obj: Context) -> None:
         raise BloomError("the agent's configuration was not reloaded; see: journalctl -u bloom-agent")
 
 
-# Checked by _tarball below rather than by click, so a bad path gets bloomctl's own error form.
-tarball_argument = click.argument("tarball", type=click.Path(path_type=Path))
+# Read by bloomctl, as the caller, and sent with the request: the agent opens no path for anyone.
+tarball_argument = click.argument("tarball")
+filename_option = click.option("--filename", metavar="NAME",
+                               help="The tarball's file name when TARBALL is - (its version is read from it).")
 
 
-def _tarball(path: Path) -> str:
-    """The absolute path of a tarball this caller can read (the agent refuses what they could not)."""
-    try:
-        with open(path, "rb"):
-            pass
-    except IsADirectoryError:
-        raise InvalidArguments(f"{path} is a directory, not a release tarball",
-                               hint="pack it first: tar -czf APP-VERSION.tar.gz -C DIR .") from None
-    except FileNotFoundError:
-        raise InvalidArguments(f"{path}: no such file") from None
-    except PermissionError:
-        raise InvalidArguments(f"cannot read {path}: permission denied",
-                               hint="the agent installs only tarballs its caller can read; "
-                                    "check the file's mode and owner, or run as its owner") from None
-    except OSError as exc:
-        raise InvalidArguments(f"cannot read {path}: {exc.strerror or exc}") from None
-    return str(path.resolve())
+class Tarball:
+    """The release tarball as its caller can read it: a file, or standard input for '-'."""
+
+    def __init__(self, path: str, filename: str | None) -> None:
+        self.path = path
+        if path == "-":
+            self.file, self.filename = sys.stdin.buffer, filename
+            return
+        try:
+            self.file = open(path, "rb")
+        except IsADirectoryError:
+            raise InvalidArguments(f"{path} is a directory, not a release tarball",
+                                   hint="pack it first: tar -czf APP-VERSION.tar.gz -C DIR .") from None
+        except FileNotFoundError:
+            raise InvalidArguments(f"{path}: no such file") from None
+        except PermissionError:
+            raise InvalidArguments(f"cannot read {path}: permission denied",
+                                   hint="the agent installs only tarballs its caller can read; "
+                                        "check the file's mode and owner, or run as its owner") from None
+        except OSError as exc:
+            raise InvalidArguments(f"cannot read {path}: {exc.strerror or exc}") from None
+        self.filename = filename or os.path.basename(path)
+
+    def sha256(self, given: str | None) -> str | None:
+        """--sha256, or the first word of TARBALL.sha256 beside the file, read as the caller."""
+        if given or self.path == "-":
+            return given
+        try:
+            with open(f"{self.path}.sha256") as fh:
+                words = fh.read(4096).split()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise InvalidArguments(f"cannot read {self.path}.sha256: {exc.strerror or exc}") from None
+        return words[0] if words else None
+
+    def args(self, app: str, version: str | None, sha256: str | None, strip: int) -> dict[str, Any]:
+        return {"app": app, "filename": self.filename, "version": version, "sha256": self.sha256(sha256),
+                "strip_components": strip}
+
+
 version_option = click.option("--version", "version", help="Release version (default: from the file name APP-VERSION.tar.gz).")
 sha256_option = click.option("--sha256", help="Expected SHA-256 (default: from TARBALL.sha256 next to it).")
 strip_option = click.option("--strip-components", "strip", type=click.IntRange(0, 3), default=0, show_default=True,
@@ -117,20 +151,24 @@ strip_option = click.option("--strip-components", "strip", type=click.IntRange(0
                                  "(for a tarball packed with its build directory).")
 
 
+def tarball_options(command):
+    """TARBALL and what qualifies it, for install and deploy."""
+    for option in reversed((tarball_argument, version_option, sha256_option, strip_option, filename_option)):
+        command = option(command)
+    return command
+
+
 @cli.command()
 @click.argument("app")
-@tarball_argument
-@version_option
-@sha256_option
-@strip_option
+@tarball_options
 @json_option
 @click.pass_obj
-def install(obj: Context, app: str, tarball: Path, version: str | None, sha256: str | None, strip: int,
-            as_json: bool) -> None:
-    """Validate and unpack a release of APP from TARBALL."""
+def install(obj: Context, app: str, tarball: str, version: str | None, sha256: str | None, strip: int,
+            filename: str | None, as_json: bool) -> None:
+    """Validate and unpack a release of APP from TARBALL (- for standard input)."""
+    release = Tarball(tarball, filename)
     # Unpacking a large release takes as long as it takes: no client-side time limit.
-    result = obj.call("install", {"app": app, "tarball": _tarball(tarball), "version": version, "sha256": sha256,
-                                  "strip_components": strip}, timeout=None)
+    result = obj.call("install", release.args(app, version, sha256, strip), timeout=None, upload=release.file)
     if as_json:
         _print_json(result)
         return
@@ -185,18 +223,17 @@ def switch(obj: Context, app: str, version: str, wait: bool, as_json: bool) -> N
 
 @cli.command()
 @click.argument("app")
-@tarball_argument
-@version_option
-@sha256_option
-@strip_option
+@tarball_options
 @wait_option
 @json_option
 @click.pass_obj
-def deploy(obj: Context, app: str, tarball: Path, version: str | None, sha256: str | None, strip: int, wait: bool,
-           as_json: bool) -> None:
-    """Install TARBALL and switch APP to it (already installed and serving: nothing to do, exit 0)."""
-    _report_switch(obj, "deploy", {"app": app, "tarball": _tarball(tarball), "version": version,
-                                   "sha256": sha256, "wait": wait, "strip_components": strip}, as_json)
+def deploy(obj: Context, app: str, tarball: str, version: str | None, sha256: str | None, strip: int,
+           filename: str | None, wait: bool, as_json: bool) -> None:
+    """Install TARBALL (- for standard input) and switch APP to it (already installed and serving:
+    nothing to do, exit 0)."""
+    release = Tarball(tarball, filename)
+    _report_switch(obj, "deploy", {**release.args(app, version, sha256, strip), "wait": wait}, as_json,
+                   upload=release.file)
 
 
 @cli.command()
@@ -244,7 +281,14 @@ def health(obj: Context, app: str, as_json: bool) -> None:
         raise BloomError(f"{app}: health check failed")
 
 
-def _report_switch(obj: Context, command: str, args: dict, as_json: bool) -> None:
+@cli.command("stdio-bridge", hidden=True)
+@click.pass_obj
+def stdio_bridge(obj: Context) -> None:
+    """Pass a request from standard input to the agent and its answer back: what bloomctl -H runs here."""
+    client.stdio_bridge(obj.socket_path)
+
+
+def _report_switch(obj: Context, command: str, args: dict, as_json: bool, upload: BinaryIO | None = None) -> None:
     show_progress = sys.stderr.isatty() and not as_json
 
     def on_progress(p: dict) -> None:
@@ -265,7 +309,7 @@ def _report_switch(obj: Context, command: str, args: dict, as_json: bool) -> Non
             click.echo(f"  {p.get('step')}: {p.get('version')}", err=True)
 
     try:
-        result = client.call(command, args, socket_path=obj.socket_path, on_progress=on_progress, timeout=None)
+        result = obj.call(command, args, on_progress=on_progress, timeout=None, upload=upload)
     except KeyboardInterrupt:
         raise Detached(args["app"], command) from None
     if as_json:

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bloom_agent.config.checks import TRIP_SLACK_SEC, CheckSpec, parse_checks
-from bloom_agent.config.schema import (Field, check_absolute_path, check_non_negative, check_positive, parse_table,
-                                       read_toml)
+from bloom_agent.config.schema import Field, check_non_negative, check_positive, parse_table, read_toml
 from bloom_agent.errors import ConfigError
 
 DEFAULT_APPS_DIR = Path("/etc/bloom/apps")
@@ -21,6 +20,32 @@ DEFAULT_RELEASES_ROOT = Path("/var/lib/bloom/releases")
 _APP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}", re.ASCII)
 _USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}", re.ASCII)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+# Paths go into unit files unquoted (ListenStream=, ReadWritePaths=, WorkingDirectory=): no space that
+# would make two paths, no % specifier, no $, quote or control character. Strict, and enough for paths.
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9._/@+=,:~-]*", re.ASCII)
+_SAFE_PATH_TEXT = "letters, digits and . _ - + @ = , : ~"
+
+
+def _path_problem(path: str) -> str | None:
+    if not path.startswith("/"):
+        return f"{path!r} is not an absolute path"
+    if not _SAFE_PATH.fullmatch(path):
+        bad = next(c for c in path[1:] if not _SAFE_PATH.fullmatch("/" + c))
+        return f"{path!r}: {bad!r} is not allowed in a path ({_SAFE_PATH_TEXT} only)"
+    return None
+
+
+def _control_problem(text: str) -> str | None:
+    """A newline (or any control character) in a value would end its line in the unit file."""
+    bad = next((c for c in text if ord(c) < 32 or ord(c) == 127), None)
+    return None if bad is None else f"{text[:40]!r} contains a control character ({bad!r})"
+
+
+def _check_safe_path(value: str) -> str | None:
+    return _path_problem(value) if value else None
+
+
+_check_safe_path.describe = "absolute path"
 
 
 def _check_listen(value: list) -> str | None:
@@ -37,7 +62,9 @@ def _check_listen(value: list) -> str | None:
 
 def _listen_problem(address: str) -> str | None:
     if address.startswith("/"):
-        return None if len(address) < 108 else "a Unix socket path must be shorter than 108 bytes"
+        if len(address) >= 108:
+            return "a Unix socket path must be shorter than 108 bytes"
+        return _path_problem(address)
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         return 'expected "HOST:PORT", "[IPV6]:PORT" or an absolute Unix socket path'
@@ -51,6 +78,8 @@ def _listen_problem(address: str) -> str | None:
 
 
 def _check_exec(value: str) -> str | None:
+    if _control_problem(value):
+        return _control_problem(value)
     try:
         argv = shlex.split(value)
     except ValueError as exc:
@@ -72,6 +101,8 @@ def _check_environment(value: dict) -> str | None:
             return f"{key!r} is not a valid environment variable name"
         if not isinstance(item, str):
             return f"value of {key!r} must be a string, got {item!r}"
+        if _control_problem(item):
+            return f"value of {key!r}: {_control_problem(item)}"
     return None
 
 
@@ -95,8 +126,10 @@ def _check_commands(value: list) -> str | None:
 
 def _check_paths(value: list) -> str | None:
     for item in value:
-        if not isinstance(item, str) or not item.startswith("/"):
+        if not isinstance(item, str):
             return f"every entry must be an absolute path, got {item!r}"
+        if _path_problem(item):
+            return _path_problem(item)
     return None
 
 
@@ -120,7 +153,7 @@ APP_FIELDS = [
     Field("probation_sec", float, 30.0, check_non_negative,
           help="how long a new release is watched after the old one stopped; 0: no probation"),
     Field("keep_releases", int, 5, check_positive, help="releases kept on disk after a successful switch"),
-    Field("releases_dir", str, "", check_absolute_path, shown_default="`RELEASES_DIR/APP`",
+    Field("releases_dir", str, "", _check_safe_path, shown_default="`RELEASES_DIR/APP`",
           help="this app's release directory"),
     Field("require_checksum", bool, False, help="refuse a tarball without a SHA-256 to check it against"),
     Field("min_free_bytes", int, 100 * 1024 * 1024, check_non_negative, shown_default="`104857600` (100 MiB)",

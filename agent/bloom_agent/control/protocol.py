@@ -3,11 +3,17 @@
 A client sends one request line ``{"v": 1, "command": ..., "args": {...}}``. The agent answers with
 zero or more progress lines ``{"v": 1, "progress": {...}}`` and one final line, either
 ``{"v": 1, "ok": true, "result": ...}`` or ``{"v": 1, "ok": false, "error": {code, message, hint}}``.
+
+A request with ``"upload": true`` (install, deploy) is followed by the file, the release tarball, in
+chunks: an 8-byte big-endian length, then that many bytes; a length of 0 ends it. The file travels
+with the request, read by the client as the caller, so the agent never opens a path on anyone's
+behalf, and a tarball can come from a pipe (``bloomctl deploy web -``, over ssh).
 """
 
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,18 +22,28 @@ from bloom_agent.errors import BloomError, ProtocolError
 VERSION = 1
 
 
+CHUNK_HEADER = struct.Struct(">Q")
+CHUNK_BYTES = 1024 * 1024
+
+
 @dataclass(frozen=True)
 class Request:
     command: str
     args: dict[str, Any] = field(default_factory=dict)
+    upload: bool = False  # a file follows the request line, in chunks
 
 
 def encode(message: dict) -> bytes:
     return json.dumps({"v": VERSION, **message}, separators=(",", ":")).encode() + b"\n"
 
 
-def encode_request(command: str, args: dict[str, Any] | None = None) -> bytes:
-    return encode({"command": command, "args": args or {}})
+def encode_request(command: str, args: dict[str, Any] | None = None, upload: bool = False) -> bytes:
+    return encode({"command": command, "args": args or {}, **({"upload": True} if upload else {})})
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """One chunk of an upload; ``b""`` is the end."""
+    return CHUNK_HEADER.pack(len(data)) + data
 
 
 def decode_request(line: bytes) -> Request:
@@ -47,7 +63,10 @@ def decode_request(line: bytes) -> Request:
         raise ProtocolError("request has no 'command'")
     if not isinstance(args, dict):
         raise ProtocolError("request 'args' must be a JSON object")
-    return Request(command=command, args=args)
+    upload = message.get("upload", False)
+    if not isinstance(upload, bool):
+        raise ProtocolError("request 'upload' must be true or false")
+    return Request(command=command, args=args, upload=upload)
 
 
 def ok(result: Any) -> bytes:

@@ -16,8 +16,45 @@ log = logging.getLogger(__name__)
 
 # A client that connects and sends nothing must not hold a connection open for ever.
 REQUEST_READ_TIMEOUT = 10.0
+# Nor one that stops sending in the middle of an upload.
+UPLOAD_STALL_TIMEOUT = 60.0
 
-Dispatch = Callable[[Caller, protocol.Request, Callable[[dict], None]], Awaitable[Any]]
+Dispatch = Callable[[Caller, protocol.Request, Callable[[dict], None], "StreamUpload | None"], Awaitable[Any]]
+
+
+class StreamUpload:
+    """The file that follows a request line, read chunk by chunk as the agent consumes it."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+        self.consumed = False
+
+    async def copy_to(self, write: Callable[[bytes], None], limit: int) -> int:
+        """Pass every chunk to ``write``; return the size. Refuses more than ``limit`` bytes."""
+        if self.consumed:
+            raise ProtocolError("the upload was already read")
+        self.consumed = True
+        total = 0
+        while True:
+            try:
+                async with asyncio.timeout(UPLOAD_STALL_TIMEOUT):
+                    size = protocol.CHUNK_HEADER.unpack(await self._reader.readexactly(protocol.CHUNK_HEADER.size))[0]
+                    if size > protocol.CHUNK_BYTES:
+                        raise ProtocolError(f"upload chunk of {size} bytes; at most {protocol.CHUNK_BYTES}")
+                    data = await self._reader.readexactly(size) if size else b""
+            except asyncio.IncompleteReadError:
+                raise ProtocolError(f"the upload ended after {total} bytes: the connection closed before its end",
+                                    hint="nothing was installed; send it again") from None
+            except TimeoutError:
+                raise ProtocolError(f"the upload stalled: nothing for {UPLOAD_STALL_TIMEOUT:.0f} s after {total} bytes",
+                                    hint="nothing was installed; send it again") from None
+            if not data:
+                return total
+            total += len(data)
+            if total > limit:
+                raise RequestTooLarge(f"upload larger than {limit} bytes (the app's max_release_bytes)",
+                                      hint="raise max_release_bytes in the app file if this size is expected")
+            write(data)
 
 
 class ControlServer:
@@ -76,7 +113,8 @@ class ControlServer:
                 if not writer.is_closing():
                     writer.write(protocol.progress(payload))
 
-            result = await self._dispatch(caller, request, progress)
+            upload = StreamUpload(reader) if request.upload else None
+            result = await self._dispatch(caller, request, progress, upload)
             writer.write(protocol.ok(result))
         except BloomError as err:
             writer.write(protocol.error(err))

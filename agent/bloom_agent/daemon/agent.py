@@ -28,7 +28,7 @@ from bloom_agent.daemon import logs
 from bloom_agent.daemon.notify import Notifier
 from bloom_agent.deploy.manager import AppManager
 from bloom_agent.deploy.switcher import Journal
-from bloom_agent.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, BloomError, ConfigError
+from bloom_agent.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, BloomError, ConfigError, InvalidArguments
 from bloom_agent.store.state import StateStore, boot_id_from, utcnow
 from bloom_agent.systemd import adapter as systemd_adapter
 from bloom_agent.systemd.adapter import Systemd
@@ -184,11 +184,16 @@ class Agent:
 
     # -- requests ---------------------------------------------------------------------------
 
-    async def dispatch(self, caller: Caller, request: Request, progress) -> Any:
+    async def dispatch(self, caller: Caller, request: Request, progress, upload) -> Any:
         handler = commands.COMMANDS.get(request.command)
         if handler is None:
             raise unknown_command(request.command, list(commands.COMMANDS))
-        return await handler(self, caller, request.args, progress)
+        if upload is not None and request.command not in commands.UPLOADS:
+            raise InvalidArguments(f"{request.command} takes no upload")
+        if upload is None and request.command in commands.UPLOADS:
+            raise InvalidArguments(f"{request.command} needs the tarball sent with the request",
+                                   hint="use the bloomctl that came with this bloom-agent")
+        return await handler(self, caller, request.args, progress, upload)
 
     def _set_state(self, text: str) -> None:
         self.state_text = text

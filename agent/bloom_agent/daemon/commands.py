@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from bloom_agent import __version__
 from bloom_agent.control.auth import Caller
+from bloom_agent.store.releases import Upload
 from bloom_agent.errors import InvalidArguments
 
 if TYPE_CHECKING:
     from bloom_agent.daemon.agent import Agent
 
 Progress = Callable[[dict], None]
-Handler = Callable[["Agent", Caller, dict[str, Any], Progress], Awaitable[Any]]
+Handler = Callable[["Agent", Caller, dict[str, Any], Progress, Any], Awaitable[Any]]
 
 
 class Args:
@@ -37,7 +38,8 @@ class Args:
         return value
 
 
-async def status(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+async def status(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,
+                 upload: Upload | None) -> dict[str, Any]:
     a = Args("status", args, {"app"})
     app = a.get("app", str)
     if app:
@@ -62,58 +64,70 @@ async def status(agent: "Agent", caller: Caller, args: dict[str, Any], progress:
     }
 
 
-async def reload(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+async def reload(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,
+                 upload: Upload | None) -> dict[str, Any]:
     Args("reload", args, set())
     ok = await agent.reload_config()
     return {"config_reloaded": ok, "apps": sorted(agent.apps.apps), "app_errors": agent.apps.app_errors,
             "app_warnings": agent.apps.app_warnings}
 
 
-async def install(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    a = Args("install", args, {"app", "tarball", "version", "sha256", "strip_components"})
-    return await agent.apps.install(a.get("app", str, required=True), a.get("tarball", str, required=True),
+async def install(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,
+                  upload: Upload | None) -> dict[str, Any]:
+    a = Args("install", args, {"app", "filename", "version", "sha256", "strip_components"})
+    return await agent.apps.install(a.get("app", str, required=True), upload, a.get("filename", str),
                                     a.get("version", str), a.get("sha256", str), caller,
                                     strip=a.get("strip_components", int, 0))
 
 
-async def releases(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> list[dict]:
+async def releases(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,
+                   upload: Upload | None) -> list[dict]:
     a = Args("releases", args, {"app"})
     return agent.apps.release_rows(a.get("app", str, required=True))
 
 
-async def remove(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+async def remove(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,
+                 upload: Upload | None) -> dict[str, Any]:
     a = Args("remove", args, {"app", "version"})
     return await agent.apps.remove(a.get("app", str, required=True), a.get("version", str, required=True), caller)
 
 
-async def switch(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+async def switch(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,
+                 upload: Upload | None) -> dict[str, Any]:
     a = Args("switch", args, {"app", "version", "wait"})
     return await agent.apps.switch(a.get("app", str, required=True), a.get("version", str, required=True), caller,
                                    progress, wait=a.get("wait", bool, True))
 
 
-async def deploy(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    a = Args("deploy", args, {"app", "tarball", "version", "sha256", "wait", "strip_components"})
-    return await agent.apps.deploy(a.get("app", str, required=True), a.get("tarball", str, required=True),
+async def deploy(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,
+                 upload: Upload | None) -> dict[str, Any]:
+    a = Args("deploy", args, {"app", "filename", "version", "sha256", "wait", "strip_components"})
+    return await agent.apps.deploy(a.get("app", str, required=True), upload, a.get("filename", str),
                                    a.get("version", str), a.get("sha256", str), caller, progress,
                                    wait=a.get("wait", bool, True), strip=a.get("strip_components", int, 0))
 
 
-async def rollback(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+async def rollback(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,
+                   upload: Upload | None) -> dict[str, Any]:
     a = Args("rollback", args, {"app", "to", "wait"})
     return await agent.apps.rollback(a.get("app", str, required=True), a.get("to", str), caller, progress,
                                      wait=a.get("wait", bool, True))
 
 
-async def history(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> list[dict]:
+async def history(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,
+                  upload: Upload | None) -> list[dict]:
     a = Args("history", args, {"app", "limit"})
     return agent.apps.history(a.get("app", str, required=True), a.get("limit", int, 50))
 
 
-async def health(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+async def health(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,
+                 upload: Upload | None) -> dict[str, Any]:
     a = Args("health", args, {"app"})
     return await agent.apps.health(a.get("app", str, required=True))
 
+
+# Commands whose request carries the release tarball (protocol.py: upload).
+UPLOADS = frozenset({"install", "deploy"})
 
 COMMANDS: dict[str, Handler] = {
     "health": health,

@@ -1,14 +1,16 @@
 """Operator hooks: on_switch, on_rollback, on_rollback_failure commands from the app file.
 
 Each runs through /bin/sh with the event as JSON on stdin (the successor of Bloom's
-rollback_failure_callback). A hook that fails or hangs is logged; it never changes the outcome.
+rollback_failure_callback), in a process group of its own that is killed whole at its time limit. A
+hook that fails or hangs is logged; it never changes the outcome.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
+
+from bloom_agent.watch.command import run_shell
 
 log = logging.getLogger(__name__)
 
@@ -24,19 +26,13 @@ async def run_hooks(event: str, commands: tuple[str, ...], payload: dict) -> lis
 
 
 async def _run_one(event: str, command: str, data: bytes) -> dict:
-    proc = await asyncio.create_subprocess_shell(command, stdin=asyncio.subprocess.PIPE,
-                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    try:
-        async with asyncio.timeout(HOOK_TIMEOUT_SEC):
-            out, _ = await proc.communicate(data)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
+    ran = await run_shell(command, stdin=data, timeout=HOOK_TIMEOUT_SEC)
+    text = ran.output.strip()
+    if ran.returncode is None:
         log.error("%s hook %r killed after %.0f s", event, command, HOOK_TIMEOUT_SEC)
         return {"command": command, "exit_code": None, "output": "timed out"}
-    text = out.decode(errors="replace").strip()
-    if proc.returncode:
-        log.error("%s hook %r exited with %d: %s", event, command, proc.returncode, text[-500:])
+    if ran.returncode:
+        log.error("%s hook %r exited with %d: %s", event, command, ran.returncode, text[-500:])
     else:
         log.info("%s hook %r done%s", event, command, f": {text[-200:]}" if text else "")
-    return {"command": command, "exit_code": proc.returncode, "output": text[-2000:]}
+    return {"command": command, "exit_code": ran.returncode, "output": text[-2000:]}

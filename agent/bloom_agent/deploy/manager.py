@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import stat
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +23,7 @@ from bloom_agent.deploy.hooks import run_hooks
 from bloom_agent.deploy.switcher import Deployment, Journal, Outcome, Progress, Switcher, no_progress
 from bloom_agent.errors import BloomError, Busy, ConfigError, InstallError, InvalidArguments, ReleaseError, UnknownApp
 from bloom_agent.store import releases
+from bloom_agent.store.releases import Upload
 from bloom_agent.store import versions
 from bloom_agent.store.state import StateStore
 from bloom_agent.systemd.adapter import Systemd
@@ -122,33 +122,41 @@ class AppManager:
 
     # -- install / remove -------------------------------------------------------------------------
 
-    async def install(self, name: str, tarball: str, version: str | None, sha256: str | None, caller: Caller,
-                      strip: int = 0) -> dict:
+    async def install(self, name: str, upload: Upload, filename: str | None, version: str | None, sha256: str | None,
+                      caller: Caller, strip: int = 0) -> dict:
         app = self.app(name)
         holder = self._acquire(name, "install", caller.user)
         try:
-            return await self._install(app, Path(tarball), version, sha256, caller, strip)
+            return await self._install(app, upload, filename, version, sha256, caller, strip)
         finally:
             self._release(name, holder)
 
-    async def _install(self, app: AppConfig, tarball: Path, version: str | None, sha256: str | None,
-                       caller: Caller, strip: int) -> dict:
-        version = version or releases.version_from_name(app.name, tarball)
+    async def _install(self, app: AppConfig, upload: Upload, filename: str | None, version: str | None,
+                       sha256: str | None, caller: Caller, strip: int) -> dict:
+        """The tarball comes with the request (the client read it as the caller): spooled, hashed as it
+        arrives, then unpacked from the agent's own copy."""
+        display = filename or "the tarball from standard input"
+        if version is None:
+            if not filename:
+                raise InvalidArguments("the release's version is needed: pass --version X.Y.Z",
+                                       hint="or send a file named APP-X.Y.Z.tar.gz")
+            version = releases.version_from_name(app.name, filename)
         dep = self.store.begin_deployment(app.name, "install", version, None, "installing", caller.user)
         try:
             versions.validate(version)
-            if not tarball.is_absolute():
-                raise InvalidArguments(f"tarball path must be absolute, got {tarball}")
             if not 0 <= strip <= MAX_STRIP_COMPONENTS:
                 raise InvalidArguments(f"--strip-components must be 0 to {MAX_STRIP_COMPONENTS}, got {strip}")
-            _check_caller_may_read(tarball, caller)
-            existing = self.store.release(app.name, version)
-            if existing:
-                return self._already_installed(app, tarball, version, existing, dep,
-                                               await asyncio.to_thread(releases.sha256_of, tarball))
-            checksum = releases.expected_checksum(tarball, sha256, app.require_checksum)
-            # Unpacking is slow disk work: off the loop, so the agent keeps answering and pinging its watchdog.
-            done = await asyncio.to_thread(releases.install, app, tarball, version, checksum, strip)
+            checksum = releases.expected_checksum(display, sha256, app.require_checksum)
+            received = await releases.receive(app, upload, display)
+            try:
+                existing = self.store.release(app.name, version)
+                if existing:
+                    return self._already_installed(app, display, version, existing, dep, received.sha256)
+                # Unpacking is slow disk work: off the loop, so the agent keeps answering and pinging its watchdog.
+                done = await asyncio.to_thread(releases.install, app, received.path, version, checksum, strip,
+                                               received.sha256, display)
+            finally:
+                received.path.unlink(missing_ok=True)
         except BloomError as err:
             self.store.finish_deployment(dep, "failed", "failed", err.message)
             raise
@@ -160,14 +168,14 @@ class AppManager:
         return {"app": app.name, "version": version, "path": str(done.path), "sha256": done.sha256, "size": done.size,
                 "unchanged": False, "warning": done.warning}
 
-    def _already_installed(self, app: AppConfig, tarball: Path, version: str, existing: dict, dep: int,
+    def _already_installed(self, app: AppConfig, name: str, version: str, existing: dict, dep: int,
                            digest: str) -> dict:
         """The same tarball again is a no-op (a CI job that re-runs); other contents under the same
         version are refused: a version names one release for good."""
         if digest != existing["sha256"]:
             raise InstallError(
                 f"{app.name} {version} is already installed with other contents (sha256 {existing['sha256'][:16]}..., "
-                f"{tarball.name} has {digest[:16]}...)",
+                f"{name} has {digest[:16]}...)",
                 hint="a version names one release for good: build this one as a new version")
         self.store.finish_deployment(dep, "done", "unchanged", "already installed with the same contents")
         path = app.releases_dir / existing["instance"]
@@ -266,15 +274,15 @@ class AppManager:
                              f"again", hint=f"then: bloomctl status {app.name}")
         return outcome.as_dict()
 
-    async def deploy(self, name: str, tarball: str, version: str | None, sha256: str | None, caller: Caller,
-                     progress: Progress = no_progress, wait: bool = True, strip: int = 0) -> dict:
+    async def deploy(self, name: str, upload: Upload, filename: str | None, version: str | None, sha256: str | None,
+                     caller: Caller, progress: Progress = no_progress, wait: bool = True, strip: int = 0) -> dict:
         """Install, then switch, under one hold of the app's lock: no other operation comes between.
         Deploying again what is installed and serving is a successful no-op."""
         app = self.app(name)
         holder = self._acquire(name, "deploy", caller.user)
         handed_over = False
         try:
-            installed = await self._install(app, Path(tarball), version, sha256, caller, strip)
+            installed = await self._install(app, upload, filename, version, sha256, caller, strip)
             version = installed["version"]
             if installed["warning"]:
                 progress({"step": "installed", "version": version, "warning": installed["warning"]})
@@ -520,23 +528,3 @@ def _log_rollback_failure(outcome: Outcome) -> None:
 def _good_order(store: StateStore, name: str):
     installed = {r["version"]: r["installed_at"] for r in store.releases(name)}
     return lambda version: installed.get(version, "")
-
-
-def _check_caller_may_read(path: Path, caller: Caller) -> None:
-    """The agent reads files as root on behalf of a caller who may not be: refuse what they could not read."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise InstallError(f"{path}: no such file") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise InstallError(f"{path} is not a regular file")
-    if caller.uid == 0:
-        return
-    if st.st_uid == caller.uid:
-        allowed = st.st_mode & stat.S_IRUSR
-    elif st.st_gid in caller.groups:
-        allowed = st.st_mode & stat.S_IRGRP
-    else:
-        allowed = st.st_mode & stat.S_IROTH
-    if not allowed:
-        raise InstallError(f"{path}: you ({caller.user}) cannot read it, so the agent will not either")

@@ -14,15 +14,21 @@ import re
 import shutil
 import stat
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, Callable, Protocol
 
 from bloom_agent.config.apps import AppConfig
 from bloom_agent.errors import InstallError
 from bloom_agent.store import versions
 
 CHUNK = 1024 * 1024
+# Permission bits kept from the archive: never group- or world-writable, whatever it says (the files
+# are root's, and a release's code must not be changed by anyone but the agent).
+MODE_BITS = 0o755
+# While a tarball is received, free space is looked at again after every this many bytes.
+SPACE_CHECK_BYTES = 16 * 1024 * 1024
 STAGING_PREFIX = ".install-"
 _MAGIC = {b"\x1f\x8b": "gz", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zst"}
 _NAME = re.compile(r"^(?P<app>.+?)-(?P<version>\d+\.\d+\.\d+\S*?)\.(?:tar\.gz|tgz|tar\.xz|txz|tar\.zst|tzst)$")
@@ -40,32 +46,27 @@ class Installed:
     warning: str = ""
 
 
-def version_from_name(app: str, tarball: Path) -> str:
-    m = _NAME.match(tarball.name)
+def version_from_name(app: str, filename: str) -> str:
+    m = _NAME.match(filename)
     if not m or m["app"] != app:
         raise versions.InvalidVersion(
-            f"cannot tell the version from the file name {tarball.name!r}",
+            f"cannot tell the version from the file name {filename!r}",
             hint=f"name it {app}-X.Y.Z.tar.gz, or pass --version X.Y.Z",
         )
     return m["version"]
 
 
-def expected_checksum(tarball: Path, given: str | None, required: bool) -> str | None:
-    if given:
-        value = given.strip().lower()
-    else:
-        sidecar = tarball.with_name(tarball.name + ".sha256")
-        try:
-            value = sidecar.read_text().split()[0].lower() if sidecar.exists() else ""
-        except (OSError, IndexError):
-            value = ""
-        if not value:
-            if required:
-                raise InstallError(
-                    f"no checksum for {tarball.name}: this app requires one (require_checksum = true)",
-                    hint=f"pass --sha256 HEX, or put the output of 'sha256sum {tarball.name}' in {sidecar.name}",
-                )
-            return None
+def expected_checksum(name: str, given: str | None, required: bool) -> str | None:
+    """The SHA-256 the caller vouches for (bloomctl sends --sha256, or the TARBALL.sha256 beside the file,
+    read as the caller: the agent opens no file on anyone's behalf)."""
+    value = (given or "").strip().lower()
+    if not value:
+        if required:
+            raise InstallError(
+                f"no checksum for {name}: this app requires one (require_checksum = true)",
+                hint=f"pass --sha256 HEX, or put the output of 'sha256sum {name}' in {name}.sha256 beside it",
+            )
+        return None
     if not _HEX64.fullmatch(value):
         raise InstallError(f"checksum {value!r} is not a SHA-256 (64 hex digits)")
     return value
@@ -79,12 +80,12 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _open_stream(tarball: Path, fh: BinaryIO) -> tarfile.TarFile:
+def _open_stream(name: str, fh: BinaryIO) -> tarfile.TarFile:
     head = fh.read(6)
     fh.seek(0)
     kind = next((k for magic, k in _MAGIC.items() if head.startswith(magic)), None)
     if kind is None:
-        raise InstallError(f"{tarball.name} is not a gzip, xz or zstd compressed tar archive",
+        raise InstallError(f"{name} is not a gzip, xz or zstd compressed tar archive",
                            hint="build it with: tar -czf APP-VERSION.tar.gz -C BUILD_DIR .")
     if kind == "zst":
         import zstandard
@@ -136,13 +137,14 @@ def _strip(name: str, strip: int) -> str | None:
     return str(PurePosixPath(*parts[strip:])) if len(parts) > strip else None
 
 
-def unpack(tarball: Path, dest: Path, max_bytes: int, strip: int = 0) -> int:
+def unpack(tarball: Path, dest: Path, max_bytes: int, strip: int = 0, name: str | None = None) -> int:
     """Unpack into the empty directory ``dest``; return the total size of regular files.
     ``strip`` drops that many leading path components from every member, like tar's --strip-components."""
     total = 0
+    name = name or tarball.name
     with open(tarball, "rb") as fh:
         try:
-            archive = _open_stream(tarball, fh)
+            archive = _open_stream(name, fh)
             with archive:
                 for member in archive:
                     stripped = _strip(member.name, strip)
@@ -161,7 +163,7 @@ def unpack(tarball: Path, dest: Path, max_bytes: int, strip: int = 0) -> int:
                         raise InstallError(f"archive member {member.name!r} has a setuid or setgid bit")
                     if member.isdir():
                         target.mkdir(mode=0o755, parents=True, exist_ok=True)
-                        os.chmod(target, (member.mode & 0o777) | 0o700)
+                        os.chmod(target, (member.mode & MODE_BITS) | 0o700)
                     elif member.isfile():
                         total += member.size
                         if total > max_bytes:
@@ -173,7 +175,7 @@ def unpack(tarball: Path, dest: Path, max_bytes: int, strip: int = 0) -> int:
                         source = archive.extractfile(member)
                         with open(target, "xb") as out:
                             shutil.copyfileobj(source, out, CHUNK)
-                        os.chmod(target, member.mode & 0o777)
+                        os.chmod(target, member.mode & MODE_BITS)
                     elif member.issym():
                         _check_link_target(member, rel)
                         target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -191,7 +193,7 @@ def unpack(tarball: Path, dest: Path, max_bytes: int, strip: int = 0) -> int:
                             f"archive member {member.name!r} is a device, FIFO or other special file; releases hold files, directories and links only"
                         )
         except (tarfile.TarError, EOFError, *_decompression_errors()) as exc:
-            raise InstallError(f"{tarball.name} is not a readable tar archive: {exc}",
+            raise InstallError(f"{name} is not a readable tar archive: {exc}",
                                hint="check the upload; 'tar -tf FILE' shows what is wrong") from exc
     return total
 
@@ -262,8 +264,57 @@ def _size(n: int) -> str:
     return f"{n:.1f} GiB"
 
 
-def install(app: AppConfig, tarball: Path, version: str, checksum: str | None, strip: int = 0) -> Installed:
-    """Validate and unpack; the caller records the result. Raises InstallError and leaves nothing."""
+@dataclass(frozen=True)
+class Received:
+    """An uploaded tarball, spooled where only the agent writes: what is hashed is what is unpacked."""
+
+    path: Path
+    sha256: str
+    size: int
+
+
+class Upload(Protocol):
+    async def copy_to(self, write: Callable[[bytes], None], limit: int) -> int: ...
+
+
+async def receive(app: AppConfig, upload: Upload, name: str) -> Received:
+    """Spool the tarball sent with the request beside the app's releases, hashing it on the way and
+    keeping min_free_bytes free; the caller unpacks from this copy and removes it."""
+    app.releases_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    _check_free_space(app, 0)
+    fd, tmp = tempfile.mkstemp(dir=app.releases_dir, prefix=f"{STAGING_PREFIX}upload-")
+    path, digest = Path(tmp), hashlib.sha256()
+    space_checked_at = 0
+
+    def write(data: bytes) -> None:
+        nonlocal space_checked_at
+        fh.write(data)
+        digest.update(data)
+        if fh.tell() - space_checked_at >= SPACE_CHECK_BYTES:
+            space_checked_at = fh.tell()
+            _check_free_space(app, 0)
+
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            size = await upload.copy_to(write, app.max_release_bytes)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise InstallError(f"cannot receive {name}: {exc.strerror or exc}",
+                           hint="check free space and permissions under " + str(app.releases_dir)) from exc
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return Received(path=path, sha256=digest.hexdigest(), size=size)
+
+
+def install(app: AppConfig, tarball: Path, version: str, checksum: str | None, strip: int = 0,
+            digest: str | None = None, name: str | None = None) -> Installed:
+    """Validate and unpack; the caller records the result. Raises InstallError and leaves nothing.
+    ``digest``: the tarball's SHA-256 when already known (computed as it was received); ``name``: how
+    to call it in messages (the name the caller gave it, not the spool file's)."""
+    name = name or tarball.name
     versions.validate(version)
     instance = versions.instance(version)
     final = app.releases_dir / instance
@@ -274,15 +325,15 @@ def install(app: AppConfig, tarball: Path, version: str, checksum: str | None, s
         raise InstallError(f"{tarball}: no such file")
     app.releases_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
     _check_free_space(app, tarball.stat().st_size)
-    digest = sha256_of(tarball)
+    digest = digest or sha256_of(tarball)
     if checksum is not None and digest != checksum:
-        raise InstallError(f"checksum mismatch for {tarball.name}: expected {checksum}, got {digest}",
+        raise InstallError(f"checksum mismatch for {name}: expected {checksum}, got {digest}",
                            hint="the file is corrupt or not the one you meant; upload it again")
     staging = app.releases_dir / f"{STAGING_PREFIX}{instance}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(mode=0o755)
     try:
-        size = unpack(tarball, staging, app.max_release_bytes, strip)
+        size = unpack(tarball, staging, app.max_release_bytes, strip, name)
         warning = _check_layout(app, staging, version)
         _check_exec(app, staging)
         _check_free_space(app, 0)

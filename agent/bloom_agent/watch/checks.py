@@ -16,6 +16,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from bloom_agent.config.checks import CheckSpec
+from bloom_agent.watch.command import run_shell
 
 ENTRY_POINT_GROUP = "bloom_agent.health_checks"
 MAX_RESPONSE_BYTES = 256 * 1024
@@ -99,18 +100,11 @@ async def _tcp(spec: CheckSpec, target: Target) -> tuple[bool, str]:
 
 async def _command(spec: CheckSpec, target: Target) -> tuple[bool, str]:
     env = {**os.environ, "BLOOM_APP": target.app, "BLOOM_VERSION": target.version, "BLOOM_UNIT": target.unit}
-    proc = await asyncio.create_subprocess_shell(spec.command, env=env, stdout=asyncio.subprocess.PIPE,
-                                                 stderr=asyncio.subprocess.STDOUT)
-    try:
-        out, _ = await proc.communicate()
-    except asyncio.CancelledError:
-        proc.kill()
-        raise
-    text = out.decode(errors="replace").strip().splitlines()
-    last = text[-1][:200] if text else ""
-    if proc.returncode != 0:
-        return False, f"{spec.command!r} exited with {proc.returncode}" + (f": {last}" if last else "")
-    return True, last or "exit 0"
+    ran = await run_shell(spec.command, env=env)  # run_check's time limit cancels it, and that kills its group
+    if ran.returncode != 0:
+        last = ran.last_line
+        return False, f"{spec.command!r} exited with {ran.returncode}" + (f": {last}" if last else "")
+    return True, ran.last_line or "exit 0"
 
 
 async def _memory(spec: CheckSpec, target: Target) -> tuple[bool, str]:

@@ -76,6 +76,14 @@ def _unit_trip(status, baseline: int) -> str | None:
     return None
 
 
+def _priority(value) -> int | None:
+    """A syslog priority, or None for one that is missing or not a number (a client may send anything)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 class JournalMonitor:
     """Errors the release logs: priority err or worse, or MESSAGE matching error_patterns, per minute."""
 
@@ -101,12 +109,21 @@ class JournalMonitor:
         return reader
 
     def _count(self, entry: dict) -> int:
+        """How many errors an entry stands for. Only fields journald itself sets (``_``-prefixed) say
+        where an entry comes from: anyone can log ``UNIT=`` or ``MESSAGE_ID=``, and must not be able to
+        roll a release back by it."""
         message = str(entry.get("MESSAGE", ""))
-        if str(entry.get("MESSAGE_ID", "")).replace("-", "") == SUPPRESSED_MESSAGE_ID:
+        if str(entry.get("_TRANSPORT", "")) == "driver":  # journald's own lines
+            if str(entry.get("MESSAGE_ID", "")).replace("-", "") != SUPPRESSED_MESSAGE_ID:
+                return 0
             m = _SUPPRESSED.search(message)
             return int(m[1]) if m and m[2] == self.unit else 0
-        priority = entry.get("PRIORITY")
-        if (priority is not None and int(priority) <= 3) or any(p.search(message) for p in self.patterns):
+        from_release = entry.get("_SYSTEMD_UNIT") == self.unit
+        from_systemd = str(entry.get("_PID", "")) == "1" and entry.get("UNIT") == self.unit
+        if not (from_release or from_systemd):
+            return 0
+        priority = _priority(entry.get("PRIORITY"))
+        if (priority is not None and priority <= 3) or any(p.search(message) for p in self.patterns):
             return 1
         return 0
 
