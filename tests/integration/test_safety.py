@@ -313,3 +313,19 @@ def test_forged_journal_entries_cannot_roll_a_release_back(safe):
         assert safe.status()["current"] == "2.5.0", safe.host.check_output("bloomctl history safe | head -3")
     finally:
         safe.configure()
+
+
+def test_an_app_named_like_a_system_unit_is_refused_and_the_unit_left_alone(safe):
+    import re
+
+    before = safe.host.check_output("systemctl cat ssh.service | md5sum")
+    safe.host.check_output("printf 'listen = [\"127.0.0.1:8096\"]\\nexec = \"bin/x\"\\n' > /etc/bloom/apps/ssh.toml")
+    try:
+        out = safe.bloomctl("reload")
+        assert re.search(r"not loaded: /etc/bloom/apps/ssh.toml: the name 'ssh' is taken: "
+                         r"/(usr/)?lib/systemd/system/ssh(\.socket|\.service|@\.service) was not written by bloom-agent",
+                         out.stderr), out.stderr
+        assert not safe.host.file("/etc/systemd/system/ssh.socket").exists
+        assert safe.host.check_output("systemctl cat ssh.service | md5sum") == before
+    finally:
+        safe.host.check_output("rm -f /etc/bloom/apps/ssh.toml && bloomctl reload")

@@ -237,3 +237,34 @@ def test_a_host_that_looks_like_an_option_is_refused():
 
     with pytest.raises(InvalidArguments, match="cannot read host '-oProxyCommand=x'"):
         ssh_command("-oProxyCommand=x")
+
+
+def test_idle_connections_beyond_the_cap_are_turned_away_and_the_agent_keeps_serving(tmp_path, monkeypatch):
+    import socket
+
+    from bloom_agent.control import server
+
+    monkeypatch.setattr(server, "MAX_CONNECTIONS", 5)
+    host = InProcessAgent(tmp_path)
+
+    async def scenario():
+        await host.start()
+        idle = []
+        for _ in range(5):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(str(host.paths.control_socket))
+            idle.append(sock)
+        await asyncio.sleep(0.1)
+        extra = socket.socket(socket.AF_UNIX)
+        extra.connect(str(host.paths.control_socket))
+        answer = await asyncio.to_thread(extra.makefile("rb").readline)
+        for sock in idle + [extra]:
+            sock.close()
+        await asyncio.sleep(0.1)
+        status = await host.call("status")
+        await host.stop()
+        return json.loads(answer), status
+
+    answer, status = run(scenario())
+    assert answer["error"]["message"] == "the agent is serving 5 connections already"
+    assert status["agent"]["state"] == "idle"

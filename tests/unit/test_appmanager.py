@@ -237,3 +237,22 @@ def test_a_switch_to_resume_holds_its_app_before_any_request(env):
     env.run(env.manager.reconcile(claimed))
     assert env.store.app_state("web")["current"] == "2.0.0"
     assert env.store.unfinished_deployments() == []
+
+
+def test_an_app_named_like_a_unit_the_agent_did_not_write_is_refused(tmp_path):
+    env = Env(tmp_path)
+    vendor = tmp_path / "lib"
+    vendor.mkdir()
+    (vendor / "ssh.service").write_text("[Service]\nExecStart=/usr/sbin/sshd -D\n")
+    (tmp_path / "etc").mkdir(exist_ok=True)
+    (tmp_path / "etc" / "dbus.socket").write_text("[Socket]\nListenStream=/run/dbus/system_bus_socket\n")
+    env.manager.units = UnitWriter(UnitPaths(etc=tmp_path / "etc", run=tmp_path / "run", vendor=(vendor,)))
+    for name, port in (("ssh", 9001), ("dbus", 9002)):
+        (env.apps_dir / f"{name}.toml").write_text(APP.format(port=port, keep=5))
+    env.run(env.manager.load())
+    assert sorted(env.manager.apps) == ["web"], "web's own units are marked as the agent's: it stays"
+    assert f"the name 'ssh' is taken: {vendor / 'ssh.service'} was not written by bloom-agent" in \
+        env.manager.app_errors[str(env.apps_dir / "ssh.toml")]
+    assert "dbus.socket was not written by bloom-agent" in env.manager.app_errors[str(env.apps_dir / "dbus.toml")]
+    assert (tmp_path / "etc" / "dbus.socket").read_text().startswith("[Socket]"), "left as it was"
+    assert not (tmp_path / "etc" / "ssh.socket").exists()

@@ -71,3 +71,17 @@ def test_resume_before_old_stopped_goes_back_to_old():
 def test_exit_codes():
     assert {OUTCOMES[s][1] for s in TERMINAL} == {0, 3, 4}
     assert OUTCOMES[Step.DEGRADED] == ("degraded", 4)
+
+
+def test_the_state_database_and_its_wal_files_are_not_world_readable(tmp_path):
+    import os
+
+    from bloom_agent.store.state import StateStore
+
+    store = StateStore(tmp_path / "state.db")
+    store.begin_deployment("web", "install", "1.0.0", None, "installing", "root")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    store.close()
+    assert modes["state.db"] == 0o640 and modes.get("state.db-wal", 0o640) == 0o640, modes
+    assert modes.get("state.db-shm", 0o640) == 0o640, modes
+    assert os.path.exists(tmp_path / "state.db")

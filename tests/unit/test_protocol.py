@@ -69,3 +69,8 @@ def test_every_error_the_agent_sends_is_rebuilt_with_its_type_and_exit_code():
         rebuilt = errors.from_wire({"code": cls.code, "message": "m", "hint": "h"})
         assert type(rebuilt) is cls, f"{cls.__name__} ({cls.code!r}) is missing from errors._BY_CODE"
         assert rebuilt.exit_code == cls.exit_code and (rebuilt.message, rebuilt.hint) == ("m", "h")
+
+
+def test_a_request_nested_too_deeply_is_a_protocol_error():
+    with pytest.raises(ProtocolError, match="nested too deeply"):
+        protocol.decode_request(b"[" * 100_000 + b"]" * 100_000 + b"\n")

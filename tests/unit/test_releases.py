@@ -199,3 +199,31 @@ def test_group_and_world_write_bits_are_masked(app, tmp_path):
     assert {p.name: p.stat().st_mode & 0o777 for p in [done.path / "bin", done.path / "bin/server",
                                                         done.path / "data.txt"]} == {
         "bin": 0o755, "server": 0o755, "data.txt": 0o644}
+
+
+def test_a_nul_byte_in_a_pax_name_is_refused_clearly(app, tmp_path):
+    path = tmp_path / "nul.tar.gz"
+    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("bin/server")
+        info.pax_headers = {"path": "bin/ser\0ver"}
+        info.mode, info.size = 0o755, 3
+        tar.addfile(info, io.BytesIO(b"#!x"))
+    with pytest.raises(releases.InstallError, match=r"has a NUL byte in its name"):
+        releases.install(app, path, "1.0.0", None)
+    assert list(app.releases_dir.iterdir()) == []
+
+
+def test_pythons_data_filter_is_asked_too_where_there_is_one(app, tmp_path, monkeypatch):
+    seen = []
+
+    def strict(member, dest):
+        seen.append(member.name)
+        if member.name == "static/a.txt":
+            raise tarfile.TarError("not for you")
+        return member
+
+    monkeypatch.setattr(releases, "DATA_FILTER", strict)
+    with pytest.raises(releases.InstallError, match="'static/a.txt' refused by Python's tar data filter: not for you"):
+        releases.install(app, make_tar(tmp_path / "f.tar.gz", GOOD), "1.0.0", None)
+    assert seen[:3] == ["bin", "bin/server", "static/a.txt"]
+    assert list(app.releases_dir.iterdir()) == []

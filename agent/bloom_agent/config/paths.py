@@ -25,6 +25,7 @@ class Paths:
     releases_dir: Path
     unit_dir: Path          # where the agent writes app units and their blessed socket pointer
     runtime_unit_dir: Path  # the trial pointer: gone after a reboot
+    vendor_unit_dirs: tuple[Path, ...]  # where packages put units: a name taken there is not an app's
     templates: tuple[Path, ...]
     proc: Path
     cgroup: Path
@@ -54,6 +55,8 @@ class Paths:
             releases_dir=under(config.releases_dir),
             unit_dir=under("/etc/systemd/system"),
             runtime_unit_dir=under("/run/systemd/system"),
+            vendor_unit_dirs=tuple(under(d) for d in ("/usr/local/lib/systemd/system", "/usr/lib/systemd/system",
+                                                      "/lib/systemd/system")),
             templates=(under(PACKAGE_TEMPLATES), SOURCE_TEMPLATES),
             proc=under("/proc"),
             cgroup=under("/sys/fs/cgroup"),

@@ -51,6 +51,8 @@ def decode_request(line: bytes) -> Request:
         message = json.loads(line)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"request is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise ProtocolError("request is nested too deeply") from None
     if not isinstance(message, dict):
         raise ProtocolError("request must be a JSON object")
     if message.get("v") != VERSION:

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 REQUEST_READ_TIMEOUT = 10.0
 # Nor one that stops sending in the middle of an upload.
 UPLOAD_STALL_TIMEOUT = 60.0
+# Connections served at once; beyond, a client is told so at once, and the agent's descriptors last.
+MAX_CONNECTIONS = 64
 
 Dispatch = Callable[[Caller, protocol.Request, Callable[[dict], None], "StreamUpload | None"], Awaitable[Any]]
 
@@ -87,8 +89,14 @@ class ControlServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        crowded = len(self._active) >= MAX_CONNECTIONS
         self._active.add(task)
         try:
+            if crowded:
+                writer.write(protocol.error(BloomError(f"the agent is serving {MAX_CONNECTIONS} connections already",
+                                                       hint="try again in a moment")))
+                await writer.drain()
+                return
             await self._serve_one(reader, writer)
         finally:
             self._active.discard(task)

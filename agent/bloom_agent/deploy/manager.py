@@ -70,6 +70,13 @@ class AppManager:
         """(Re)read the app files and write their units; one daemon-reload if anything changed."""
         apps, errors = load_apps(self.apps_dir, self.releases_root)
         errors.update(refuse_shared_addresses(apps, first=set(self.apps)))
+        for name, app in list(apps.items()):
+            foreign = self.units.foreign_unit(app)
+            if foreign is not None:
+                errors[str(app.path)] = (f"{app.path}: the name {name!r} is taken: {foreign} was not written by "
+                                         f"bloom-agent, which never overwrites a unit it does not own; name the app "
+                                         f"file otherwise")
+                del apps[name]
         for path, err in errors.items():
             log.error("app file not loaded: %s", err)
         warnings = [w for app in apps.values() for w in probation_warnings(app)]

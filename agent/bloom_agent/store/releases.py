@@ -24,6 +24,9 @@ from bloom_agent.errors import InstallError
 from bloom_agent.store import versions
 
 CHUNK = 1024 * 1024
+# Python's own check of archive members (3.12, and later 3.11 point releases; Debian 12's 3.11.2 has
+# none): a second opinion on top of ours where the interpreter has it.
+DATA_FILTER = getattr(tarfile, "data_filter", None)
 # Permission bits kept from the archive: never group- or world-writable, whatever it says (the files
 # are root's, and a release's code must not be changed by anyone but the agent).
 MODE_BITS = 0o755
@@ -95,6 +98,9 @@ def _open_stream(name: str, fh: BinaryIO) -> tarfile.TarFile:
 
 
 def _safe_relpath(name: str) -> PurePosixPath:
+    if "\0" in name:
+        shown = name.replace("\0", "\\0")
+        raise InstallError(f"archive member {shown!r} has a NUL byte in its name")
     path = PurePosixPath(name)
     if path.is_absolute():
         raise InstallError(f"archive member {name!r} has an absolute path")
@@ -104,7 +110,18 @@ def _safe_relpath(name: str) -> PurePosixPath:
     return PurePosixPath(*parts) if parts else PurePosixPath(".")
 
 
+def _python_filter(member: tarfile.TarInfo, dest: Path) -> None:
+    if DATA_FILTER is None:
+        return
+    try:
+        DATA_FILTER(member, str(dest))
+    except tarfile.TarError as exc:  # FilterError and its kinds are TarErrors
+        raise InstallError(f"archive member {member.name!r} refused by Python's tar data filter: {exc}") from exc
+
+
 def _check_link_target(member: tarfile.TarInfo, rel: PurePosixPath) -> None:
+    if "\0" in member.linkname:
+        raise InstallError(f"link {member.name!r} has a NUL byte in its target")
     target = PurePosixPath(member.linkname)
     if target.is_absolute():
         raise InstallError(f"link {member.name!r} points to an absolute path {member.linkname!r}")
@@ -157,6 +174,7 @@ def unpack(tarball: Path, dest: Path, max_bytes: int, strip: int = 0, name: str 
                         member.linkname = linkname
                     member.name = stripped
                     rel = _safe_relpath(member.name)
+                    _python_filter(member, dest)
                     _no_symlink_on_the_way(dest, rel, member.name)
                     target = dest / rel
                     if member.mode & (stat.S_ISUID | stat.S_ISGID):

@@ -97,6 +97,11 @@ class StateStore:
         self.boot_id = boot_id
         try:
             path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            # Created 0640 before SQLite opens it: SQLite gives its -wal and -shm files the database's mode.
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o640))
+            for companion in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+                if companion.exists():
+                    os.chmod(companion, 0o640)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -105,7 +110,6 @@ class StateStore:
             self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"cannot open state database {path}: {exc}") from exc
-        os.chmod(path, 0o640)
 
     @property
     def schema_version(self) -> int:

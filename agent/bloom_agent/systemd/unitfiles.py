@@ -25,11 +25,16 @@ BLESSED_DROPIN = "50-bloom-release.conf"
 TRIAL_DROPIN = "60-bloom-trial.conf"
 
 
+# The first line of every unit file the agent writes: how it knows its own from a unit it must not touch.
+MARK = "# Written by bloom-agent"
+
+
 @dataclass(frozen=True)
 class UnitPaths:
     etc: Path
     run: Path
     templates: tuple[Path, ...] = (SOURCE_TEMPLATES,)
+    vendor: tuple[Path, ...] = ()
 
 
 def _environment(templates: tuple[Path, ...]) -> jinja2.Environment:
@@ -84,9 +89,17 @@ def render_service(app: AppConfig, templates: tuple[Path, ...] = (SOURCE_TEMPLAT
 
 def render_release_dropin(app: AppConfig, instance: str) -> str:
     return (
-        "# Written by bloom-agent: the release systemd starts when a connection arrives and none runs.\n"
+        f"{MARK}: the release systemd starts when a connection arrives and none runs.\n"
         f"[Socket]\nService={app.instance_unit(instance)}\n"
     )
+
+
+def _marked(path: Path) -> bool:
+    try:
+        with open(path) as fh:
+            return fh.readline().startswith(MARK)
+    except OSError:
+        return False
 
 
 def write_if_changed(path: Path, text: str) -> bool:
@@ -134,7 +147,21 @@ class UnitWriter:
 
     @classmethod
     def for_paths(cls, paths: Paths) -> "UnitWriter":
-        return cls(UnitPaths(etc=paths.unit_dir, run=paths.runtime_unit_dir, templates=paths.templates))
+        return cls(UnitPaths(etc=paths.unit_dir, run=paths.runtime_unit_dir, templates=paths.templates,
+                             vendor=paths.vendor_unit_dirs))
+
+    def foreign_unit(self, app: AppConfig) -> Path | None:
+        """A unit by one of the app's names (APP.socket, APP@.service, APP.service) that the agent did
+        not write: an app named 'ssh' or 'dbus' would take over a unit of the system."""
+        names = (app.socket_unit, app.template_unit, f"{app.name}.service")
+        for directory in (self.paths.etc, self.paths.run, *self.paths.vendor):
+            for name in names:
+                path = directory / name
+                if not path.exists() and not path.is_symlink():
+                    continue
+                if directory != self.paths.etc or path.is_symlink() or not _marked(path):
+                    return path
+        return None
 
     def write_app_units(self, app: AppConfig) -> tuple[bool, bool]:
         """Write both units; returns (socket changed, service template changed)."""
