@@ -222,7 +222,7 @@ def test_bad_tarball_is_refused_and_changes_nothing(app, case, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    ("--version 1.2 /root/releases/web-1.0.0.tar.gz", "invalid version '1.2': expected X.Y.Z"),
+    ("--version 1.2/3 /root/releases/web-1.0.0.tar.gz", "invalid version '1.2/3': use letters, digits"),
     ("--version 1.0.0 /root/releases/web-1.1.0.tar.gz", "web 1.0.0 is already installed with other contents"),
     ("--version 7.0.0 --sha256 " + "0" * 64 + " /root/releases/web-1.0.0.tar.gz", "checksum mismatch"),
     ("--version 7.0.0 --sha256 xyz /root/releases/web-1.0.0.tar.gz", "is not a SHA-256"),

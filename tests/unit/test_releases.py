@@ -140,7 +140,10 @@ def test_free_space_floor(tmp_path):
 
 
 @pytest.mark.parametrize("name, version", [("web-1.2.3.tar.gz", "1.2.3"), ("web-1.2.3-rc.1.tgz", "1.2.3-rc.1"),
-                                           ("web-2.0.0+b7.tar.zst", "2.0.0+b7"), ("web-api-1.0.0.tar.xz", None)])
+                                           ("web-2.0.0+b7.tar.zst", "2.0.0+b7"), ("web-api-1.0.0.tar.xz", None),
+                                           ("web-20261201-1530.tar.gz", "20261201-1530"),
+                                           ("web-3f2a9c1.tar.gz", "3f2a9c1"), ("web-ab12cd3.tar.gz", None),
+                                           ("web-1.0.0.zip", None), ("web.tar.gz", None)])
 def test_version_from_file_name(name, version):
     if version is None:
         with pytest.raises(versions.InvalidVersion, match="cannot tell the version"):

@@ -34,7 +34,7 @@ MODE_BITS = 0o755
 SPACE_CHECK_BYTES = 16 * 1024 * 1024
 STAGING_PREFIX = ".install-"
 _MAGIC = {b"\x1f\x8b": "gz", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zst"}
-_NAME = re.compile(r"^(?P<app>.+?)-(?P<version>\d+\.\d+\.\d+\S*?)\.(?:tar\.gz|tgz|tar\.xz|txz|tar\.zst|tzst)$")
+SUFFIXES = (".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".tzst")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -50,13 +50,16 @@ class Installed:
 
 
 def version_from_name(app: str, filename: str) -> str:
-    m = _NAME.match(filename)
-    if not m or m["app"] != app:
+    """APP-VERSION.tar.gz (and the other suffixes). A version read from a name starts with a digit, so
+    that web-api-1.0.0.tar.gz is never web's release "api-1.0.0"; others need --version."""
+    suffix = next((s for s in SUFFIXES if filename.endswith(s)), None)
+    version = filename[len(app) + 1:-len(suffix)] if suffix and filename.startswith(f"{app}-") else ""
+    if not version[:1].isdigit():
         raise versions.InvalidVersion(
             f"cannot tell the version from the file name {filename!r}",
-            hint=f"name it {app}-X.Y.Z.tar.gz, or pass --version X.Y.Z",
+            hint=f"name it {app}-VERSION.tar.gz with a VERSION that starts with a digit, or pass --version",
         )
-    return m["version"]
+    return version
 
 
 def expected_checksum(name: str, given: str | None, required: bool) -> str | None:

@@ -1,4 +1,5 @@
-"""Release versions. They become systemd unit instance names, so the syntax is strict."""
+"""Release versions. They become systemd unit instance names and directory names, so the syntax is
+strict about characters, and open about shape: semantic versions, git commit ids, timestamps."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import re
 
 from bloom_agent.errors import InvalidVersion
 
-# X.Y.Z, optional -pre and +build (semver's shape, ASCII only).
-_VERSION = re.compile(
+# Letters, digits, '.', '-' and '+' ('+' becomes '_' in unit names, so '_' itself is not allowed),
+# starting with a letter or digit.
+_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+-]{0,63}", re.ASCII)
+# X.Y.Z, optional -pre and +build: semantic versions, which sort_key orders.
+_SEMVER = re.compile(
     r"^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})"
     r"(?:-([0-9A-Za-z]+(?:\.[0-9A-Za-z]+)*))?"
     r"(?:\+([0-9A-Za-z]+(?:\.[0-9A-Za-z]+)*))?",
@@ -20,7 +24,8 @@ MAX_LENGTH = 64
 def validate(version: str) -> str:
     if len(version) > MAX_LENGTH or not _VERSION.fullmatch(version):
         raise InvalidVersion(
-            f"invalid version {version!r}: expected X.Y.Z with optional -pre and +build, e.g. 1.4.2, 2.0.0-rc.1, 1.4.2+build.7",
+            f"invalid version {version!r}: use letters, digits, '.', '-' and '+', starting with a letter or digit, "
+            f"at most {MAX_LENGTH} characters (1.4.2, 2.0.0-rc.1, 20261201-1530, 3f2a9c1)",
             hint="pass --version, or name the tarball APP-VERSION.tar.gz",
         )
     return version
@@ -37,7 +42,7 @@ def from_instance(name: str) -> str:
 
 def sort_key(version: str) -> tuple:
     """Semver precedence: a pre-release sorts before its release; build metadata is ignored."""
-    m = _VERSION.fullmatch(version)
+    m = _SEMVER.fullmatch(version)
     if not m:
         return ((-1,), ())
     major, minor, patch, pre = int(m[1]), int(m[2]), int(m[3]), m[4]
