@@ -268,3 +268,25 @@ def test_idle_connections_beyond_the_cap_are_turned_away_and_the_agent_keeps_ser
     answer, status = run(scenario())
     assert answer["error"]["message"] == "the agent is serving 5 connections already"
     assert status["agent"]["state"] == "idle"
+
+
+def test_progress_goes_to_stderr_with_times_when_not_a_terminal_and_quiet_silences_it(tmp_path):
+    import re
+
+    host = InProcessAgent(tmp_path)
+    host.declare("web", 8080)
+
+    async def scenario():
+        await host.start()
+        loud = await _bloomctl(host.paths.control_socket, "deploy", "web", str(host.tarball("web", "1.0.0")))
+        quiet = await _bloomctl(host.paths.control_socket, "deploy", "--quiet", "web", str(host.tarball("web", "2.0.0")))
+        await host.stop()
+        return loud, quiet
+
+    loud, quiet = run(scenario())
+    assert loud.returncode == 0 and quiet.returncode == 0
+    steps = [line.split(" ", 1)[1] for line in loud.stderr.splitlines()]
+    assert all(re.match(r"\d\d:\d\d:\d\d ", line) for line in loud.stderr.splitlines()), loud.stderr
+    assert steps[:4] == ["installed: 1.0.0", "starting: 1.0.0", "checking: 1.0.0", "stopping-old: 1.0.0"]
+    assert "blessing: 1.0.0" in steps
+    assert quiet.stderr == "" and "web: 1.0.0 -> 2.0.0: done" in quiet.stdout

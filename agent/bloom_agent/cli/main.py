@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -44,6 +45,8 @@ def cli(ctx: click.Context, socket_path: Path, host: str | None) -> None:
     ctx.obj = Context(socket_path, host or None)
 
 
+quiet_option = click.option("-q", "--quiet", is_flag=True,
+                            help="No progress lines on stderr (the outcome and errors are still printed).")
 wait_option = click.option("--wait/--no-wait", default=True, show_default=True,
                            help="Wait for the outcome (through probation), or return once the switch has started.")
 
@@ -214,25 +217,27 @@ def remove(obj: Context, app: str, version: str) -> None:
 @click.argument("app")
 @click.argument("version")
 @wait_option
+@quiet_option
 @json_option
 @click.pass_obj
-def switch(obj: Context, app: str, version: str, wait: bool, as_json: bool) -> None:
+def switch(obj: Context, app: str, version: str, wait: bool, quiet: bool, as_json: bool) -> None:
     """Switch APP to an installed VERSION without downtime."""
-    _report_switch(obj, "switch", {"app": app, "version": version, "wait": wait}, as_json)
+    _report_switch(obj, "switch", {"app": app, "version": version, "wait": wait}, as_json, quiet)
 
 
 @cli.command()
 @click.argument("app")
 @tarball_options
 @wait_option
+@quiet_option
 @json_option
 @click.pass_obj
 def deploy(obj: Context, app: str, tarball: str, version: str | None, sha256: str | None, strip: int,
-           filename: str | None, wait: bool, as_json: bool) -> None:
+           filename: str | None, wait: bool, quiet: bool, as_json: bool) -> None:
     """Install TARBALL (- for standard input) and switch APP to it (already installed and serving:
     nothing to do, exit 0)."""
     release = Tarball(tarball, filename)
-    _report_switch(obj, "deploy", {**release.args(app, version, sha256, strip), "wait": wait}, as_json,
+    _report_switch(obj, "deploy", {**release.args(app, version, sha256, strip), "wait": wait}, as_json, quiet,
                    upload=release.file)
 
 
@@ -240,11 +245,12 @@ def deploy(obj: Context, app: str, tarball: str, version: str | None, sha256: st
 @click.argument("app")
 @click.option("--to", "to", help="Roll back to this version (default: the previous good release).")
 @wait_option
+@quiet_option
 @json_option
 @click.pass_obj
-def rollback(obj: Context, app: str, to: str | None, wait: bool, as_json: bool) -> None:
+def rollback(obj: Context, app: str, to: str | None, wait: bool, quiet: bool, as_json: bool) -> None:
     """Switch APP back to its previous good release (during probation: abort it now)."""
-    _report_switch(obj, "rollback", {"app": app, "to": to, "wait": wait}, as_json)
+    _report_switch(obj, "rollback", {"app": app, "to": to, "wait": wait}, as_json, quiet)
 
 
 @cli.command()
@@ -288,25 +294,28 @@ def stdio_bridge(obj: Context) -> None:
     client.stdio_bridge(obj.socket_path)
 
 
-def _report_switch(obj: Context, command: str, args: dict, as_json: bool, upload: BinaryIO | None = None) -> None:
-    show_progress = sys.stderr.isatty() and not as_json
+def _report_switch(obj: Context, command: str, args: dict, as_json: bool, quiet: bool = False,
+                   upload: BinaryIO | None = None) -> None:
+    """Progress goes to stderr as it comes, one line a step with the time, whether or not it is a
+    terminal: a CI job's log shows a deployment as it happens."""
+
+    def say(text: str) -> None:
+        click.echo(f"{time.strftime('%H:%M:%S')} {text}", err=True)
 
     def on_progress(p: dict) -> None:
         if p.get("warning") and not as_json:
-            click.echo(f"warning: {p['warning']}", err=True)  # said whether or not anyone watches
+            say(f"warning: {p['warning']}")  # said even with --quiet
             return
-        if not show_progress:
+        if quiet or as_json:
             return
         if p.get("step") == "probation" and "watching" in p:
-            click.echo(f"  probation of {p['version']} for {p['seconds']:g} s, watching: {', '.join(p['watching'])}",
-                       err=True)
+            say(f"probation of {p['version']} for {p['seconds']:g} s, watching: {', '.join(p['watching'])}")
         elif p.get("step") == "probation" and "extended" in p:
-            click.echo(f"  probation of {p['version']} extended by up to {p['extended']:g} s for a verdict: {p['why']}",
-                       err=True)
+            say(f"probation of {p['version']} extended by up to {p['extended']:g} s for a verdict: {p['why']}")
         elif p.get("step") == "probation" and "left" in p:
-            click.echo(f"  probation of {p['version']}: {p['left']} s left", err=True)
+            say(f"probation of {p['version']}: {p['left']} s left")
         elif p.get("step") != "probation":
-            click.echo(f"  {p.get('step')}: {p.get('version')}", err=True)
+            say(f"{p.get('step')}: {p.get('version')}")
 
     try:
         result = obj.call(command, args, on_progress=on_progress, timeout=None, upload=upload)
