@@ -11,6 +11,8 @@ import os
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+# bloomctl status: an app is degraded or has no release running (systemctl status says 3 too).
+EXIT_NOT_SERVING = 3
 # bloomctl stopped waiting (Ctrl-C) while the agent carries on: the shell's code for SIGINT.
 EXIT_DETACHED = 130
 # sysexits.h EX_CONFIG: the unit sets RestartPreventExitStatus=78, so systemd does not loop on it.

@@ -6,14 +6,14 @@ import os
 import pytest
 
 from machine import make_upgrade_deb
-from test_agent_package import show
+from test_agent_package import show, status_json
 
 pytestmark = pytest.mark.usefixtures("installed")
 
 
 def test_upgrade_keeps_state_and_control_socket(machine, deb, tmp_path):
     host = machine.host
-    starts_before = json.loads(host.check_output("bloomctl status --json"))["agent"]["starts"]
+    starts_before = status_json(host)["agent"]["starts"]
     socket_since = show(host, "bloom-agent.socket", "ActiveEnterTimestampMonotonic")
     version = host.check_output("dpkg-query -W -f '${Version}' bloom-agent")
     upgrade = make_upgrade_deb(deb, f"{version}+upgrade1", tmp_path)
@@ -23,14 +23,14 @@ def test_upgrade_keeps_state_and_control_socket(machine, deb, tmp_path):
     assert host.check_output("dpkg-query -W -f '${Version}' bloom-agent") == f"{version}+upgrade1"
     # The socket unit was not restarted: clients never saw it go away.
     assert show(host, "bloom-agent.socket", "ActiveEnterTimestampMonotonic") == socket_since
-    status = json.loads(host.check_output("bloomctl status --json"))
+    status = status_json(host)
     assert status["agent"]["starts"] == starts_before + 1, "state kept and the new agent started once"
     assert host.service("bloom-agent").is_running
 
 
 def test_purge_leaves_nothing_behind(machine, deb):
     host = machine.host
-    host.check_output("bloomctl status")
+    status_json(host)
     out = host.run("apt-get purge -y bloom-agent")
     assert out.rc == 0, out.stdout + out.stderr
     for path in ("/etc/bloom", "/var/lib/bloom", "/run/bloom", "/usr/bin/bloomctl", "/usr/bin/bloom-agent",

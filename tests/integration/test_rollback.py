@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from test_agent_package import show, wait_until
+from test_agent_package import status_json, show, wait_until
 from test_switch import App, agent_failpoints, ready_timeout, start_load, stop_load
 
 pytestmark = pytest.mark.usefixtures("installed")
@@ -68,7 +68,7 @@ class Api(App):
         return self.host.check_output("curl -sS --max-time 5 http://127.0.0.1:8081/")
 
     def status(self) -> dict:
-        return json.loads(self.host.check_output("bloomctl status api --json"))
+        return status_json(self.host, "api")
 
     def running(self):
         out = self.host.check_output("systemctl list-units --no-legend --plain --state=active,activating 'api@*.service'")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from test_agent_package import wait_until
+from test_agent_package import status_json, wait_until
 from test_switch import _member, _tar_bytes, make_release, ready_timeout
 
 pytestmark = pytest.mark.usefixtures("installed")
@@ -74,7 +74,7 @@ class Safe:
         return self.host.check_output(f"curl -sS --max-time 5 http://127.0.0.1:{self.port}/")
 
     def status(self) -> dict:
-        return json.loads(self.host.check_output("bloomctl status safe --json"))
+        return status_json(self.host, "safe")
 
     def releases(self) -> dict[str, str]:
         return {r["version"]: r["status"] for r in json.loads(self.host.check_output("bloomctl releases safe --json"))}
@@ -206,7 +206,7 @@ def test_two_apps_on_one_address_are_refused_at_reload(safe):
         out = safe.bloomctl("reload")
         assert ("not loaded: /etc/bloom/apps/dup.toml: listen address 0.0.0.0:8082 clashes with 127.0.0.1:8082 of "
                 "app 'safe' (/etc/bloom/apps/safe.toml)") in out.stderr
-        assert "dup" not in json.loads(safe.host.check_output("bloomctl status --json"))["apps"]
+        assert "dup" not in [a["name"] for a in status_json(safe.host)["apps"]]
     finally:
         safe.host.check_output("rm -f /etc/bloom/apps/dup.toml && bloomctl reload")
 

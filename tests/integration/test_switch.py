@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import machine as harness
-from test_agent_package import show, wait_until
+from test_agent_package import status_json, show, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "sampleapp"))
 from make_release import make_release  # noqa: E402
@@ -65,7 +65,7 @@ class App:
         return self.host.check_output("curl -sS --max-time 5 http://127.0.0.1:8080/")
 
     def status(self) -> dict:
-        return json.loads(self.host.check_output("bloomctl status web --json"))
+        return status_json(self.host, "web")
 
     def running(self) -> list[str]:
         out = self.host.check_output("systemctl list-units --no-legend --plain --state=active,activating,reloading 'web@*.service'")

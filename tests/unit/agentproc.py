@@ -28,6 +28,12 @@ class RunningAgent:
             env=agent_env(**(user_env or {})), capture_output=True, text=True, timeout=30,
         )
 
+    def answers(self) -> bool:
+        """The agent answered a status request. Run under --root it has no systemd, which status
+        reports with exit 1; the answer is what counts here."""
+        result = self.bloomctl("status")
+        return result.returncode in (0, 1) and result.stdout.startswith("bloom-agent ")
+
     def log_text(self) -> str:
         return self.log.read_text()
 

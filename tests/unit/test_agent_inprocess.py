@@ -290,3 +290,22 @@ def test_progress_goes_to_stderr_with_times_when_not_a_terminal_and_quiet_silenc
     assert steps[:4] == ["installed: 1.0.0", "starting: 1.0.0", "checking: 1.0.0", "stopping-old: 1.0.0"]
     assert "blessing: 1.0.0" in steps
     assert quiet.stderr == "" and "web: 1.0.0 -> 2.0.0: done" in quiet.stdout
+
+
+def test_status_exits_like_systemctl_status(tmp_path):
+    host = InProcessAgent(tmp_path)
+    host.declare("web", 8080)
+    host.declare("api", 8081)
+
+    async def scenario():
+        await host.start()
+        await host.call("deploy", {"app": "web", "tarball": host.tarball("web", "1.0.0")})
+        codes = {}
+        for args in (("status", "web"), ("status", "api"), ("status",)):
+            codes[" ".join(args)] = (await _bloomctl(host.paths.control_socket, *args)).returncode
+        host.systemd.crash("web@1.0.0.service", restarts=False)  # its release stopped for good
+        codes["status web, stopped"] = (await _bloomctl(host.paths.control_socket, "status", "web")).returncode
+        await host.stop()
+        return codes
+
+    assert run(scenario()) == {"status web": 0, "status api": 3, "status": 3, "status web, stopped": 3}

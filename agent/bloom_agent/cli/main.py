@@ -13,7 +13,7 @@ import click
 
 from bloom_agent import __version__
 from bloom_agent.control import client
-from bloom_agent.errors import EXIT_DETACHED, EXIT_ERROR, EXIT_USAGE, BloomError, InvalidArguments, PermissionDenied
+from bloom_agent.errors import EXIT_DETACHED, EXIT_NOT_SERVING, EXIT_ERROR, EXIT_USAGE, BloomError, InvalidArguments, PermissionDenied
 
 
 class Context:
@@ -56,25 +56,36 @@ wait_option = click.option("--wait/--no-wait", default=True, show_default=True,
 @json_option
 @click.pass_obj
 def status(obj: Context, app: str | None, as_json: bool) -> None:
-    """Show the agent and its apps, or one APP."""
+    """Show the agent and its apps, or one APP.
+
+    Exit status, like systemctl status: 0 when every app shown is serving; 3 when one is degraded or
+    has no release running (not deployed, or its release stopped); 1 when the agent cannot reach
+    systemd, an app file did not load, or the agent does not answer.
+    """
     result = obj.call("status", {"app": app} if app else {})
+    apps = [result] if app else result.get("apps") or []
     if as_json:
         _print_json(result)
-        return
-    if app:
+    elif app:
         _echo_app(result)
-        return
-    agent = result["agent"]
-    click.echo(f"bloom-agent {agent['version']}: {agent['state']} (pid {agent['pid']}, up {_duration(agent['uptime_sec'])})")
-    click.echo(f"  config: {agent['config']} (loaded {agent['config_loaded_at']})")
-    click.echo(f"  state:  {agent['state_db']}")
-    apps = result.get("apps") or []
-    if not apps:
-        click.echo("  apps:   none configured")
-    for a in apps:
-        _echo_app(a, indent="  ")
-    for path, err in (result.get("app_errors") or {}).items():
-        click.echo(f"  not loaded: {err}", err=True)
+    else:
+        agent = result["agent"]
+        click.echo(f"bloom-agent {agent['version']}: {agent['state']} (pid {agent['pid']}, up "
+                   f"{_duration(agent['uptime_sec'])})")
+        click.echo(f"  config: {agent['config']} (loaded {agent['config_loaded_at']})")
+        click.echo(f"  state:  {agent['state_db']}")
+        if agent.get("systemd", "reachable") != "reachable":
+            click.echo(f"  systemd: NOT REACHABLE ({agent['systemd']}): app operations cannot work")
+        if not apps:
+            click.echo("  apps:   none configured")
+        for a in apps:
+            _echo_app(a, indent="  ")
+        for path, err in (result.get("app_errors") or {}).items():
+            click.echo(f"  not loaded: {err}", err=True)
+    if not app and (result["agent"].get("systemd", "reachable") != "reachable" or result.get("app_errors")):
+        raise StatusNotOk(EXIT_ERROR)
+    if any(not a.get("serving") for a in apps):
+        raise StatusNotOk(EXIT_NOT_SERVING)
 
 
 def _echo_app(a: dict, indent: str = "") -> None:
@@ -333,6 +344,14 @@ def _report_switch(obj: Context, command: str, args: dict, as_json: bool, quiet:
         raise SwitchFailed(result)
 
 
+class StatusNotOk(BloomError):
+    """status printed what is wrong already; only its exit code is left to give."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__("")
+        self.exit_code = exit_code
+
+
 class Detached(BloomError):
     """Ctrl-C on a waiting bloomctl: only the client stops; the agent goes on with what it was asked."""
 
@@ -403,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     except PermissionDenied as err:
         _log_denial(err)
         click.echo(f"bloomctl: {err}", err=True)
+        return err.exit_code
+    except StatusNotOk as err:
         return err.exit_code
     except BloomError as err:
         click.echo(f"bloomctl: {err}", err=True)

@@ -57,6 +57,7 @@ async def status(agent: "Agent", caller: Caller, args: dict[str, Any], progress:
             "starts": agent.store.agent_event_count("start"),
             "under_systemd": agent.notifier.enabled,
             "watchdog_interval_sec": agent.notifier.watchdog_interval,
+            "systemd": agent.apps.systemd_problem() or "reachable",
         },
         "caller": {"user": caller.user, "uid": caller.uid},
         "apps": [agent.apps.app_status(name) for name in sorted(agent.apps.apps)],

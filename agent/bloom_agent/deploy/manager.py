@@ -410,9 +410,16 @@ class AppManager:
             text = "serving"
         else:
             text = "not deployed"
+        current_unit = app.instance_unit(versions.instance(state["current"])) if state["current"] else None
+        # What `bloomctl status` exits on: a release of the app is up, and nothing is wrong with the app.
+        serving = current_unit in running and not state["degraded"]
         return {**describe(app), "current": state["current"], "last_good": state["last_good"], "state": text,
-                "degraded": state["degraded"], "running": running,
+                "degraded": state["degraded"], "running": running, "serving": serving,
                 "busy": holder.describe(name) if holder else None}
+
+    def systemd_problem(self) -> str:
+        """Empty when systemd answers; otherwise why not (app operations cannot work then)."""
+        return getattr(self.systemd, "why", "")
 
     async def health(self, name: str) -> dict[str, Any]:
         """Run every declared check once, now, against the current release."""
