@@ -25,9 +25,10 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
 
 
 def status_json(host, app: str = "") -> dict:
-    """bloomctl status --json: the answer, also when its exit code says an app is not serving (3)."""
+    """bloomctl status --json: the answer, also when its exit code says an app is not serving (3) or an
+    app file did not load (1)."""
     out = host.run(f"bloomctl status {app} --json")
-    assert out.rc in (0, 3), f"bloomctl status exited with {out.rc}: {out.stderr}"
+    assert out.rc in (0, 1, 3) and out.stdout.startswith("{"), f"bloomctl status exited with {out.rc}: {out.stderr}"
     return json.loads(out.stdout)
 
 
@@ -141,7 +142,9 @@ def test_reload_with_bad_config_keeps_running_config(machine):
     try:
         host.check_output("printf '[agent]\\nlog_level = 7\\n' > /etc/bloom/agent.toml")
         since = machine_now(host)
-        host.check_output("systemctl reload bloom-agent")
+        # the reload waits for the agent's verdict, and fails with it
+        refused = host.run("systemctl reload bloom-agent")
+        assert refused.rc != 0, refused.stdout + refused.stderr
         message = "/etc/bloom/agent.toml: key 'agent.log_level': must be a string, got integer 7"
         wait_until(lambda: message in journal(host, "bloom-agent", since), 10, "the refusal in the journal")
         assert "configuration not reloaded, keeping the running one" in journal(host, "bloom-agent", since)
@@ -149,6 +152,7 @@ def test_reload_with_bad_config_keeps_running_config(machine):
         assert host.run("bloomctl status").rc == 0
     finally:
         host.check_output(f"cat > /etc/bloom/agent.toml <<'EOF'\n{original}EOF")
+    assert host.run("systemctl reload bloom-agent").rc == 0
 
 
 def test_bad_config_refused_at_start_without_restart_loop(machine):

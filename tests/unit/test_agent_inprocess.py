@@ -228,7 +228,8 @@ def test_ssh_command(spec, argv, monkeypatch):
     from bloom_agent.control.client import ssh_command
 
     monkeypatch.delenv("BLOOM_SSH", raising=False)
-    assert ssh_command(spec) == ["ssh", *argv, "--", "bloomctl", "stdio-bridge"]
+    assert ssh_command(spec) == ["ssh", *argv, "--", "bloomctl stdio-bridge"]
+    assert ssh_command(spec, ("journalctl", "-u", "web@*.service"))[-1] == "journalctl -u 'web@*.service'"
 
 
 def test_a_host_that_looks_like_an_option_is_refused():
@@ -309,3 +310,71 @@ def test_status_exits_like_systemctl_status(tmp_path):
         return codes
 
     assert run(scenario()) == {"status web": 0, "status api": 3, "status": 3, "status web, stopped": 3}
+
+
+def test_show_gives_a_deployments_steps_and_their_times(tmp_path):
+    host = InProcessAgent(tmp_path)
+    host.declare("web", 8080)
+
+    async def scenario():
+        await host.start()
+        await host.call("deploy", {"app": "web", "tarball": host.tarball("web", "1.0.0")})
+        shown = await host.call("show", {"app": "web"})
+        human = await _bloomctl(host.paths.control_socket, "show", "web")
+        missing = await _bloomctl(host.paths.control_socket, "show", "web", "999")
+        await host.stop()
+        return shown, human, missing
+
+    shown, human, missing = run(scenario())
+    assert (shown["action"], shown["version"], shown["outcome"]) == ("switch", "1.0.0", "done")
+    assert [s["step"] for s in shown["steps"]] == ["starting", "checking", "stopping-old", "pointing", "probation",
+                                                   "blessing", "done"]
+    assert all(s["seconds"] >= 0 for s in shown["steps"][:-1]) and shown["steps"][-1]["seconds"] is None
+    assert shown["steps"][4]["seconds"] >= 0.2  # the probation window
+    assert human.stdout.startswith(f"web deployment {shown['id']}: switch - -> 1.0.0 by ")
+    assert "  probation " in human.stdout
+    assert missing.returncode == 1 and "web has no deployment 999" in missing.stderr
+
+
+def test_wait_follows_a_switch_in_flight_and_exits_with_its_outcome(tmp_path):
+    host = InProcessAgent(tmp_path)
+    host.declare("web", 8080, probation=3)
+
+    async def scenario():
+        await host.start()
+        await host.call("deploy", {"app": "web", "tarball": host.tarball("web", "1.0.0")})
+        started = await host.call("deploy", {"app": "web", "tarball": host.tarball("web", "2.0.0"), "wait": False})
+        waited = await _bloomctl(host.paths.control_socket, "wait", "web")
+        FakeJournal.entries = [{"MESSAGE": f"db down {i}", "PRIORITY": 3} for i in range(21)]
+        await host.call("deploy", {"app": "web", "tarball": host.tarball("web", "3.0.0"), "wait": False})
+        after = await _bloomctl(host.paths.control_socket, "wait", "web", "--json")
+        await host.stop()
+        return started, waited, after
+
+    started, waited, after = run(scenario())
+    assert started["outcome"] == "started"
+    assert waited.returncode == 0, waited.stderr
+    assert "web: 1.0.0 -> 2.0.0: done" in waited.stdout
+    assert "blessing: 2.0.0" in waited.stderr, "the waiter hears the switch's progress"
+    assert after.returncode == 3 and json.loads(after.stdout)["outcome"] == "rolled-back"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["web"], ["-u", "web@*.service", "-u", "web.socket"]),
+    (["web", "1.2.0+b7", "-f", "-n", "50", "-o", "cat"],
+     ["-u", "web@1.2.0_b7.service", "--follow", "--lines", "50", "--output", "cat"]),
+])
+def test_logs_runs_journalctl_on_the_releases(tmp_path, args, expected):
+    import subprocess
+    import sys
+
+    from agentproc import agent_env
+
+    fake = tmp_path / "journalctl"
+    fake.write_text("#!/bin/sh\nfor a in \"$@\"; do echo \"$a\"; done\n")
+    fake.chmod(0o755)
+    env = agent_env(PATH=f"{tmp_path}:/usr/bin:/bin")
+    out = subprocess.run([sys.executable, "-m", "bloom_agent.cli", "logs", *args], env=env, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == expected

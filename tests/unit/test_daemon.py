@@ -60,6 +60,19 @@ def test_check_config(tmp_path):
     assert (proc.returncode, proc.stdout.strip()) == (0, f"{config}: OK")
 
 
+def test_check_config_checks_every_app_file_too(tmp_path):
+    config = write_config(tmp_path)
+    apps = tmp_path / "etc/bloom/apps"  # below --root
+    apps.mkdir(parents=True)
+    (apps / "web.toml").write_text('listen = ["127.0.0.1:8080"]\nexec = "bin/x"\n')
+    (apps / "api.toml").write_text('listen = ["127.0.0.1:8081"]\nexec = "bin/x"\nprobation_sec = "10s"\n')
+    proc = subprocess.run(daemon_argv(tmp_path, config, "--check-config"), env=agent_env(), capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 78
+    assert f"{apps / 'web.toml'}: OK" in proc.stdout
+    assert f"{apps / 'api.toml'}: key 'probation_sec': must be a number" in proc.stderr
+
+
 def test_reload_keeps_running_config_when_new_one_is_invalid(start_agent):
     agent = start_agent()
     before = json.loads(agent.bloomctl("status", "--json").stdout)["agent"]["config_loaded_at"]

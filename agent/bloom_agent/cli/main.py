@@ -283,6 +283,62 @@ def history(obj: Context, app: str, limit: int, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("app")
+@quiet_option
+@json_option
+@click.pass_obj
+def wait(obj: Context, app: str, quiet: bool, as_json: bool) -> None:
+    """Follow APP's switch or rollback in flight to its end, and exit with its outcome's code (with none
+    in flight, the last one's)."""
+    _report_switch(obj, "wait", {"app": app}, as_json, quiet)
+
+
+@cli.command()
+@click.argument("app")
+@click.argument("version", required=False)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new entries (journalctl -f).")
+@click.option("-n", "--lines", type=click.IntRange(0), help="Show the last N entries (journalctl -n).")
+@click.option("-o", "--output", metavar="FORMAT", help="journalctl's output format (short, cat, json, ...).")
+@click.pass_obj
+def logs(obj: Context, app: str, version: str | None, follow: bool, lines: int | None, output: str | None) -> None:
+    """Show the journal of APP's releases, or of one VERSION, with journalctl (on the -H host, over ssh)."""
+    if app.startswith("-") or (version or "").startswith("-"):
+        raise InvalidArguments(f"not an app and version: {app} {version or ''}")
+    units = [f"{app}@{version.replace('+', '_')}.service"] if version else [f"{app}@*.service", f"{app}.socket"]
+    argv = ["journalctl", *(arg for unit in units for arg in ("-u", unit))]
+    argv += ["--follow"] if follow else []
+    argv += ["--lines", str(lines)] if lines is not None else []
+    argv += ["--output", output] if output else []
+    if obj.host:
+        argv = client.ssh_command(obj.host, tuple(argv))
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        raise BloomError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+
+
+@cli.command()
+@click.argument("app")
+@click.argument("deployment", type=int, required=False)
+@json_option
+@click.pass_obj
+def show(obj: Context, app: str, deployment: int | None, as_json: bool) -> None:
+    """Show one deployment of APP step by step (default: its newest switch or rollback)."""
+    d = obj.call("show", {"app": app, "deployment": deployment})
+    if as_json:
+        _print_json(d)
+        return
+    click.echo(f"{app} deployment {d['id']}: {d['action']} {d['from'] or '-'} -> {d['version']} by {d['caller']}: "
+               f"{d['outcome']}")
+    if d["reason"]:
+        click.echo(f"  reason: {d['reason']}")
+    for step in d["steps"]:
+        took = f"{step['seconds']:8.3f} s" if step["seconds"] is not None else " " * 10
+        detail = f"  {step['detail']}" if step["detail"] and step["detail"] != d["reason"] else ""
+        click.echo(f"  {step['at'][11:23]}  {step['step']:<14}{took}{detail}")
+
+
+@cli.command()
+@click.argument("app")
 @json_option
 @click.pass_obj
 def health(obj: Context, app: str, as_json: bool) -> None:

@@ -92,8 +92,9 @@ def _over_ssh(host: str, ended: dict[str, int]) -> Iterator[tuple[Send, BinaryIO
         ended["code"] = proc.wait()
 
 
-def ssh_command(host: str) -> list[str]:
-    """ssh to [USER@]HOST[:PORT], running the bridge to that host's agent (like systemctl -H)."""
+def ssh_command(host: str, remote: tuple[str, ...] = ("bloomctl", "stdio-bridge")) -> list[str]:
+    """ssh to [USER@]HOST[:PORT] running ``remote`` there: by default the bridge to that host's agent
+    (like systemctl -H). ssh hands the far side one command line, so it is quoted here."""
     user, _, rest = host.rpartition("@")
     name, _, port = rest.rpartition(":") if rest.count(":") == 1 else ("", "", "")
     name = name or rest
@@ -102,7 +103,7 @@ def ssh_command(host: str) -> list[str]:
     argv = shlex.split(os.environ.get(SSH_ENV) or "ssh") + ["-xT"]
     argv += ["-p", port] if port else []
     argv += ["-l", user] if user else []
-    return argv + [name, "--", "bloomctl", "stdio-bridge"]
+    return argv + [name, "--", shlex.join(remote)]
 
 
 def stdio_bridge(socket_path: Path) -> int:

@@ -12,12 +12,14 @@ import dataclasses
 import logging
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from bloom_agent import __version__
 from bloom_agent.config import agent as config_mod
+from bloom_agent.config.apps import load_apps, probation_warnings, refuse_shared_addresses
 from bloom_agent.config.paths import Paths
 from bloom_agent.control import listener
 from bloom_agent.control.auth import Caller, group_id
@@ -215,6 +217,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_config(path: Path, cfg: config_mod.AgentConfig, paths: Paths) -> int:
+    """The agent's file and every app file, checked as a start or a reload would; 78 if any is wrong."""
+    print(f"{path}: OK" if cfg.from_file else f"{path}: not present, all defaults")
+    apps, errors = load_apps(paths.apps_dir, paths.releases_dir)
+    errors.update(refuse_shared_addresses(apps, first=set()))
+    for app in apps.values():
+        print(f"{app.path}: OK")
+        for warning in probation_warnings(app):
+            print(f"warning: {warning}")
+    for error in errors.values():
+        print(error, file=sys.stderr)
+    return EXIT_CONFIG if errors else EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logs.setup("info")
@@ -224,11 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         log.error("refusing to start: %s", err)
         return EXIT_CONFIG
-    if args.check_config:
-        print(f"{path}: OK" if cfg.from_file else f"{path}: not present, all defaults")
-        return EXIT_OK
-    logs.set_level(cfg.log_level)
     paths = Paths.for_host(cfg, args.root)
+    if args.check_config:
+        return check_config(path, cfg, paths)
+    logs.set_level(cfg.log_level)
     try:
         store = StateStore(paths.state_db, boot_id=boot_id_from(paths.boot_id_file))
         sock = listener.inherited()

@@ -121,6 +121,18 @@ async def history(agent: "Agent", caller: Caller, args: dict[str, Any], progress
     return agent.apps.history(a.get("app", str, required=True), a.get("limit", int, 50))
 
 
+async def wait(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,
+               upload: Upload | None) -> dict[str, Any]:
+    a = Args("wait", args, {"app"})
+    return await agent.apps.wait(a.get("app", str, required=True), progress)
+
+
+async def show(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,
+               upload: Upload | None) -> dict[str, Any]:
+    a = Args("show", args, {"app", "deployment"})
+    return agent.apps.show(a.get("app", str, required=True), a.get("deployment", int))
+
+
 async def health(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,
                  upload: Upload | None) -> dict[str, Any]:
     a = Args("health", args, {"app"})
@@ -141,4 +153,6 @@ COMMANDS: dict[str, Handler] = {
     "deploy": deploy,
     "rollback": rollback,
     "history": history,
+    "show": show,
+    "wait": wait,
 }

@@ -11,14 +11,14 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from bloom_agent.config.apps import AppConfig, describe, load_apps, probation_warnings, refuse_shared_addresses
 from bloom_agent.control.auth import Caller
-from bloom_agent.deploy.deployment import Step
+from bloom_agent.deploy.deployment import OUTCOMES, Step
 from bloom_agent.deploy.hooks import run_hooks
 from bloom_agent.deploy.switcher import Deployment, Journal, Outcome, Progress, Switcher, no_progress
 from bloom_agent.errors import BloomError, Busy, ConfigError, InstallError, InvalidArguments, ReleaseError, UnknownApp
@@ -43,6 +43,12 @@ class Holder:
     since: float
     deployment: Deployment | None = None
     task: asyncio.Task | None = None
+    # Who hears a switch's progress: the client that asked, and any 'bloomctl wait' attached since.
+    listeners: list[Progress] = field(default_factory=list)
+
+    def tell(self, payload: dict) -> None:
+        for listener in list(self.listeners):
+            listener(payload)
 
     def describe(self, app: str) -> str:
         at = datetime.fromtimestamp(self.since).strftime("%H:%M:%S")
@@ -268,7 +274,8 @@ class AppManager:
             self._release(app.name, holder)
             raise
         holder.operation, holder.deployment = f"{action} to {version}", dep
-        task = holder.task = asyncio.ensure_future(self._run(app, dep, holder, progress))
+        holder.listeners.append(progress)
+        task = holder.task = asyncio.ensure_future(self._run(app, dep, holder, holder.tell))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         if not wait:
@@ -441,6 +448,48 @@ class AppManager:
                  "started_at": r["started_at"], "finished_at": r["finished_at"]}
                 for r in self.store.history(name, limit)]
 
+    async def wait(self, name: str, progress: Progress = no_progress) -> dict:
+        """Attach to the app's switch or rollback in flight and return its outcome; with none in flight,
+        the outcome of the last one."""
+        self.app(name)
+        while (holder := self._holders.get(name)) is not None and holder.task is None:
+            await asyncio.sleep(WAIT_POLL_SEC)  # an install, or a deploy's install, before its switch
+        if holder is None:
+            row = next((r for r in self.store.history(name, 1000) if r["action"] in ("switch", "rollback")), None)
+            if row is None:
+                raise ReleaseError(f"{name} has no switch or rollback to wait for", hint=f"see: bloomctl history {name}")
+            outcome = row["outcome"] or row["step"]
+            return {"app": name, "deployment": row["id"], "action": row["action"], "version": row["version"],
+                    "from_version": row["from_version"], "outcome": outcome, "exit_code": OUTCOME_CODES.get(outcome, 1),
+                    "reason": row["reason"], "serving": self.store.app_state(name)["current"], "timings": {}}
+        holder.listeners.append(progress)
+        try:
+            outcome = await asyncio.shield(holder.task)
+        finally:
+            holder.listeners.remove(progress)
+        if outcome is None:
+            raise BloomError(f"the agent is stopping; the switch of {name} resumes when it starts again")
+        return outcome.as_dict()
+
+    def show(self, name: str, deployment: int | None) -> dict:
+        """One deployment (the newest switch or rollback by default) with its steps and their times."""
+        self.app(name)
+        if deployment is None:
+            row = next((r for r in self.store.history(name, 1000) if r["action"] in ("switch", "rollback")), None)
+            if row is None:
+                raise ReleaseError(f"{name} has no switch or rollback yet", hint=f"see: bloomctl history {name}")
+        else:
+            row = self.store.deployment(deployment)
+            if row is None or row["app"] != name:
+                raise ReleaseError(f"{name} has no deployment {deployment}", hint=f"see: bloomctl history {name}")
+        steps = self.store.steps(row["id"])
+        for step, following in zip(steps, steps[1:] + [None]):
+            step["seconds"] = _seconds_between(step["at"], following["at"]) if following else None
+        return {"id": row["id"], "app": name, "action": row["action"], "version": row["version"],
+                "from": row["from_version"], "outcome": row["outcome"] or row["step"], "reason": row["reason"],
+                "caller": row["caller"], "started_at": row["started_at"], "finished_at": row["finished_at"],
+                "steps": steps}
+
     # -- after an agent restart ----------------------------------------------------------------------
 
     def claim_unfinished(self) -> list[tuple[AppConfig, Deployment, Holder]]:
@@ -513,6 +562,11 @@ class AppManager:
                 task.cancel()
 
 
+# How often 'bloomctl wait' looks whether an install has turned into a switch.
+WAIT_POLL_SEC = 0.1
+# bloomctl's exit code for each outcome a finished switch can have.
+OUTCOME_CODES = {outcome: code for outcome, code in OUTCOMES.values()}
+
 # How long switches in flight get to notice the agent's stop before they are cancelled.
 STOP_GRACE_SEC = 0.5
 
@@ -537,6 +591,10 @@ def _log_rollback_failure(outcome: Outcome) -> None:
 
     journal.send(message, PRIORITY=journal.LOG_CRIT, MESSAGE_ID=ROLLBACK_FAILED_MESSAGE_ID,
                  SYSLOG_IDENTIFIER="bloom-agent", BLOOM_APP=outcome.app, BLOOM_VERSION=outcome.version)
+
+
+def _seconds_between(earlier: str, later: str) -> float:
+    return round((datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds(), 3)
 
 
 def _good_order(store: StateStore, name: str):

@@ -201,8 +201,9 @@ class StateStore:
             self._db.execute("INSERT INTO deployment_steps (deployment, at, step, detail) VALUES (?, ?, ?, ?)",
                              (deployment, utcnow(), step, reason))
 
-    def deployment(self, deployment: int) -> dict:
-        return dict(self._db.execute("SELECT * FROM deployments WHERE id = ?", (deployment,)).fetchone())
+    def deployment(self, deployment: int) -> dict | None:
+        row = self._db.execute("SELECT * FROM deployments WHERE id = ?", (deployment,)).fetchone()
+        return dict(row) if row else None
 
     def unfinished_deployments(self) -> list[dict]:
         return [dict(r) for r in self._db.execute("SELECT * FROM deployments WHERE finished_at IS NULL ORDER BY id")]
