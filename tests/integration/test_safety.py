@@ -329,3 +329,45 @@ def test_an_app_named_like_a_system_unit_is_refused_and_the_unit_left_alone(safe
         assert safe.host.check_output("systemctl cat ssh.service | md5sum") == before
     finally:
         safe.host.check_output("rm -f /etc/bloom/apps/ssh.toml && bloomctl reload")
+
+
+def test_show_wait_logs_and_status_codes_on_real_systemd(safe):
+    safe.configure(probation=3)
+    try:
+        started = safe.host.run(f"bloomctl deploy --no-wait safe {safe.release('2.6.0')}")
+        assert started.rc == 0, started.stderr
+        waited = safe.host.run("bloomctl wait safe")
+        assert waited.rc == 0, waited.stderr
+        assert "safe: " in waited.stdout and "-> 2.6.0: done" in waited.stdout
+        assert "blessing: 2.6.0" in waited.stderr
+        shown = json.loads(safe.host.check_output("bloomctl show safe --json"))
+        assert shown["version"] == "2.6.0" and [s["step"] for s in shown["steps"]][-2:] == ["blessing", "done"]
+        logs = safe.host.run("bloomctl logs safe 2.6.0 -n 20 -o cat")
+        assert logs.rc == 0 and "sampleapp 2.6.0" in logs.stdout, logs.stdout + logs.stderr
+        assert safe.host.run("bloomctl status safe").rc == 0
+        safe.host.check_output("systemctl kill --signal=SIGKILL safe@2.6.0.service && systemctl stop safe@2.6.0.service")
+        assert safe.host.run("bloomctl status safe").rc == 3, "no release running: not serving"
+        safe.host.check_output("systemctl start safe@2.6.0.service")
+        wait_until(lambda: safe.host.run("bloomctl status safe").rc == 0, 20, "serving again")
+    finally:
+        safe.configure()
+
+
+def test_journal_events_carry_ids_and_fields_and_the_catalog_explains_them(safe):
+    from bloom_agent.deploy import events
+
+    def entries(**match):
+        query = " ".join(f"{k}={v}" for k, v in match.items())
+        return [json.loads(line) for line in safe.host.check_output(f"journalctl -o json --no-pager {query}").splitlines()]
+
+    blessed = entries(MESSAGE_ID=events.BLESSED, BLOOM_APP="safe")
+    assert "1.2.0" in {e["BLOOM_VERSION"] for e in blessed}, "the healthy release of the first test"
+    assert all(e["_SYSTEMD_UNIT"] == "bloom-agent.service" and e["BLOOM_DEPLOYMENT"].isdigit() for e in blessed)
+    rolled = entries(MESSAGE_ID=events.ROLLED_BACK, BLOOM_APP="safe", BLOOM_VERSION="1.1.0")
+    assert rolled and rolled[0]["BLOOM_TRIGGER"] == "health-check" and rolled[0]["PRIORITY"] == "3"
+    for message_id in (events.STARTED, events.SWITCHED, events.INSTALLED, events.REMOVED):
+        assert entries(MESSAGE_ID=message_id, BLOOM_APP="safe"), message_id
+    story = safe.host.check_output("journalctl --no-pager -o cat BLOOM_APP=safe BLOOM_VERSION=1.1.0")
+    assert "safe: switch 1.0.0 -> 1.1.0 started by root" in story and "rolled-back" in story
+    listed = safe.host.check_output(f"journalctl --list-catalog {events.ROLLED_BACK}")
+    assert "was rolled back" in listed, listed

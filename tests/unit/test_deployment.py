@@ -85,3 +85,37 @@ def test_the_state_database_and_its_wal_files_are_not_world_readable(tmp_path):
     assert modes["state.db"] == 0o640 and modes.get("state.db-wal", 0o640) == 0o640, modes
     assert modes.get("state.db-shm", 0o640) == 0o640, modes
     assert os.path.exists(tmp_path / "state.db")
+
+
+def test_every_event_id_is_explained_in_the_journal_catalog():
+    import re
+    from pathlib import Path
+
+    from bloom_agent.deploy import events
+
+    catalog = (Path(__file__).resolve().parents[2] / "units" / "bloom-agent.catalog").read_text()
+    ids = {v for k, v in vars(events).items() if k.isupper() and isinstance(v, str)}
+    assert ids == set(re.findall(r"^-- ([0-9a-f]{32})$", catalog, re.M))
+
+
+def test_journal_lines_carry_their_fields():
+    import logging
+
+    from bloom_agent.daemon.logs import JournalFieldsHandler
+    from bloom_agent.deploy import events
+
+    sent = []
+    handler = JournalFieldsHandler(send=lambda message, **fields: sent.append((message, fields)))
+    logger = logging.getLogger("bloom_agent.events")
+    logger.addHandler(handler)
+    try:
+        events.emit(logging.ERROR, events.ROLLED_BACK, "web: rolled back", "web", "1.2.0", 17, BLOOM_TRIGGER="crash")
+    finally:
+        logger.removeHandler(handler)
+    message, fields = sent[0]
+    assert message == "web: rolled back"
+    assert {k: fields[k] for k in ("PRIORITY", "MESSAGE_ID", "BLOOM_APP", "BLOOM_VERSION", "BLOOM_DEPLOYMENT",
+                                   "BLOOM_TRIGGER", "SYSLOG_IDENTIFIER")} == {
+        "PRIORITY": "3", "MESSAGE_ID": events.ROLLED_BACK, "BLOOM_APP": "web", "BLOOM_VERSION": "1.2.0",
+        "BLOOM_DEPLOYMENT": 17, "BLOOM_TRIGGER": "crash", "SYSLOG_IDENTIFIER": "bloom-agent"}
+    assert not [k for k in fields if not k.isupper()]

@@ -13,7 +13,8 @@ import click
 
 from bloom_agent import __version__
 from bloom_agent.control import client
-from bloom_agent.errors import EXIT_DETACHED, EXIT_NOT_SERVING, EXIT_ERROR, EXIT_USAGE, BloomError, InvalidArguments, PermissionDenied
+from bloom_agent.errors import (EXIT_DETACHED, EXIT_ERROR, EXIT_NOT_SERVING, EXIT_USAGE, BloomError, InvalidArguments,
+                                PermissionDenied)
 
 
 class Context:

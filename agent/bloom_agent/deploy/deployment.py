@@ -133,6 +133,11 @@ class Deployment:
         return self.app.instance_unit(versions.instance(version))
 
     @property
+    def fields(self) -> dict:
+        """Journal fields of every line about this deployment."""
+        return {"BLOOM_APP": self.app.name, "BLOOM_VERSION": self.new, "BLOOM_DEPLOYMENT": self.id}
+
+    @property
     def new_unit(self) -> str:
         return self.unit(self.new)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +18,7 @@ from typing import Any
 from bloom_agent.config.apps import AppConfig, describe, load_apps, probation_warnings, refuse_shared_addresses
 from bloom_agent.control.auth import Caller
 from bloom_agent.deploy.deployment import OUTCOMES, Step
+from bloom_agent.deploy import events
 from bloom_agent.deploy.hooks import run_hooks
 from bloom_agent.deploy.switcher import Deployment, Journal, Outcome, Progress, Switcher, no_progress
 from bloom_agent.errors import BloomError, Busy, ConfigError, InstallError, InvalidArguments, ReleaseError, UnknownApp
@@ -175,9 +175,10 @@ class AppManager:
             raise
         self.store.add_release(app.name, version, done.instance, done.sha256, done.size)
         self.store.finish_deployment(dep, "done", "done", f"{done.size} bytes, sha256 {done.sha256}")
-        log.info("%s: installed %s (%d bytes) by %s", app.name, version, done.size, caller.user)
+        events.emit(logging.INFO, events.INSTALLED, f"{app.name}: installed {version} ({done.size} bytes, sha256 "
+                    f"{done.sha256}) by {caller.user}", app.name, version, dep, BLOOM_CALLER=caller.user)
         if done.warning:
-            log.warning("%s %s: %s", app.name, version, done.warning)
+            log.warning("%s %s: %s", app.name, version, done.warning, extra=events.fields(app.name, version, dep))
         return {"app": app.name, "version": version, "path": str(done.path), "sha256": done.sha256, "size": done.size,
                 "unchanged": False, "warning": done.warning}
 
@@ -209,6 +210,8 @@ class AppManager:
             self.store.delete_release(name, version)
             dep = self.store.begin_deployment(name, "remove", version, None, "removing", caller.user)
             self.store.finish_deployment(dep, "done", "done")
+            events.emit(logging.INFO, events.REMOVED, f"{name}: removed {version} by {caller.user}", name, version, dep,
+                        BLOOM_CALLER=caller.user)
             return {"app": name, "version": version, "removed": True}
         finally:
             self._release(name, holder)
@@ -246,6 +249,8 @@ class AppManager:
             await asyncio.to_thread(releases.remove_release, app, row["instance"])
             self.store.delete_release(app.name, row["version"])
             removed.append(row["version"])
+            events.emit(logging.INFO, events.REMOVED, f"{app.name}: removed {row['version']} (keep_releases)", app.name,
+                        row["version"])
         if removed:
             log.info("%s: cleaned up old releases %s", app.name, ", ".join(removed))
         return removed
@@ -576,21 +581,11 @@ MAX_STRIP_COMPONENTS = 3
 # Which releases retention removes first; unknown statuses after these, then the oldest first.
 RETENTION_ORDER = {"failed": 0, "rolled-back": 0, "installed": 1, "good": 2}
 
-# Stable: lets operators alert on it (journalctl MESSAGE_ID=...) whatever the wording.
-ROLLBACK_FAILED_MESSAGE_ID = "4b8a0c3e9d2f4e6b9a71c5d0e2f3a8b1"
-
-
 def _log_rollback_failure(outcome: Outcome) -> None:
-    message = (f"{outcome.app}: rollback failed, app degraded: {outcome.reason} "
-               f"(switch {outcome.from_version} -> {outcome.version}; serving {outcome.serving})")
-    if not os.environ.get("JOURNAL_STREAM"):
-        log.critical(message)  # run by hand: stderr is all there is
-        return
-    # Straight to the journal, once, with fields an alert can match whatever the wording.
-    from systemd import journal
-
-    journal.send(message, PRIORITY=journal.LOG_CRIT, MESSAGE_ID=ROLLBACK_FAILED_MESSAGE_ID,
-                 SYSLOG_IDENTIFIER="bloom-agent", BLOOM_APP=outcome.app, BLOOM_VERSION=outcome.version)
+    events.emit(logging.CRITICAL, events.ROLLBACK_FAILED,
+                f"{outcome.app}: rollback failed, app degraded: {outcome.reason} "
+                f"(switch {outcome.from_version} -> {outcome.version}; serving {outcome.serving})",
+                outcome.app, outcome.version, outcome.deployment)
 
 
 def _seconds_between(earlier: str, later: str) -> float:

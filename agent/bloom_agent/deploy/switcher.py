@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from bloom_agent.config.apps import AppConfig
-from bloom_agent.deploy import failpoints
-from bloom_agent.deploy.deployment import FAIL, LEFT, OK, OUTCOMES, RESUME_AFTER_RESTART, TERMINAL, Deployment, Outcome, Step, next_step
+from bloom_agent.deploy import events, failpoints
+from bloom_agent.deploy.deployment import (FAIL, LEFT, OK, OUTCOMES, RESUME_AFTER_RESTART, TERMINAL, Deployment, Outcome,
+                                          Step, next_step)
 from bloom_agent.store import versions
 from bloom_agent.store.state import StateStore
 from bloom_agent.systemd import unitfailure
@@ -43,6 +44,18 @@ class Journal:
     tail: unitfailure.JournalTail = unitfailure.journal_tail
 
 
+def trigger(reason: str) -> str:
+    """What ended a switch, in one word an alert can match (BLOOM_TRIGGER)."""
+    for prefix, word in (("probation: crash", "crash"), ("probation: watchdog", "watchdog"),
+                         ("probation: journal", "journal"), ("probation: health check", "health-check"),
+                         ("probation: still", "health-check"), ("rollback requested", "operator"),
+                         ("the host rebooted", "reboot"), ("the agent restarted", "agent-restart"),
+                         ("probation:", "probation")):
+        if reason.startswith(prefix):
+            return word
+    return "start"  # refused before the switch: not ready, or its pre-switch checks
+
+
 class Switcher:
     def __init__(self, systemd: Systemd, store: StateStore, units: UnitWriter, journal: Journal = Journal()) -> None:
         self.systemd = systemd
@@ -59,6 +72,8 @@ class Switcher:
     def begin(self, app: AppConfig, action: str, new: str, caller: str) -> Deployment:
         old = self.store.app_state(app.name)["current"]
         dep_id = self.store.begin_deployment(app.name, action, new, old, str(Step.STARTING), caller)
+        events.emit(logging.INFO, events.STARTED, f"{app.name}: {action} {old or '-'} -> {new} started by {caller}",
+                    app.name, new, dep_id, BLOOM_FROM=old or "", BLOOM_CALLER=caller)
         return Deployment(id=dep_id, app=app, action=action, new=new, old=old, caller=caller)
 
     def resumed(self, app: AppConfig, row: dict) -> Deployment:
@@ -76,7 +91,7 @@ class Switcher:
             if dep.step is Step.REVERTING and step is not Step.REVERTING:
                 dep.reason = f"the agent restarted during step {step}"
         log.warning("%s: deployment %d was in step %s when the agent stopped; resuming at %s", app.name, dep.id,
-                    step, dep.step)
+                    step, dep.step, extra=dep.fields)
         return dep
 
     async def run(self, dep: Deployment, progress: Progress = no_progress) -> Outcome | None:
@@ -96,21 +111,27 @@ class Switcher:
                 else:
                     result = await getattr(self, "_" + step.value.replace("-", "_"))(dep)
             except Exception as exc:  # a step that blows up has failed; the machine decides what next
-                log.exception("%s: step %s of deployment %d failed", dep.app.name, step, dep.id)
+                log.exception("%s: step %s of deployment %d failed", dep.app.name, step, dep.id, extra=dep.fields)
                 self._fail(dep, f"{step}: {exc}")
                 result = FAIL
             dep.timings[str(step)] = round(dep.timings.get(str(step), 0) + time.monotonic() - began, 4)
             if result == LEFT:
-                log.warning("%s: deployment %d left in step %s for the next start", dep.app.name, dep.id, step)
+                log.warning("%s: deployment %d left in step %s for the next start", dep.app.name, dep.id, step,
+                            extra=dep.fields)
                 return None
             step = next_step(step, result)
         dep.step = step
         outcome, exit_code = OUTCOMES[step]
         self.store.finish_deployment(dep.id, str(step), outcome, dep.reason)
         serving = self.store.app_state(dep.app.name)["current"]
-        log_fn = log.info if exit_code == 0 else (log.error if exit_code == 3 else log.critical)
-        log_fn("%s: %s %s -> %s: %s%s", dep.app.name, dep.action, dep.old, dep.new, outcome,
-               f" ({dep.reason})" if dep.reason else "")
+        text = f"{dep.app.name}: {dep.action} {dep.old} -> {dep.new}: {outcome}"
+        text += f" ({dep.reason})" if dep.reason else ""
+        if exit_code == 3:
+            events.emit(logging.ERROR, events.ROLLED_BACK, text, dep.app.name, dep.new, dep.id, BLOOM_OUTCOME=outcome,
+                        BLOOM_TRIGGER=trigger(dep.reason), BLOOM_SERVING=serving or "")
+        else:  # done; or degraded, which the app manager reports as a failed rollback
+            log.log(logging.INFO if exit_code == 0 else logging.CRITICAL, "%s", text,
+                    extra={**dep.fields, "BLOOM_OUTCOME": outcome})
         return Outcome(dep.id, dep.app.name, dep.action, dep.new, dep.old, outcome, exit_code, dep.reason, serving,
                        dep.timings)
 
@@ -186,6 +207,9 @@ class Switcher:
         self.store.set_release_status(dep.app.name, dep.new, "probation")
         if dep.old_unit:
             await self._retire(dep.old_unit)  # SIGTERM; the old release drains within TimeoutStopSec
+        events.emit(logging.INFO, events.SWITCHED, f"{dep.app.name}: {dep.new} serves alone ({dep.old or 'no release'} "
+                    f"stopped); probation {dep.app.probation_sec:g} s", dep.app.name, dep.new, dep.id,
+                    BLOOM_FROM=dep.old or "")
         return OK
 
     def _target(self, dep: Deployment) -> Target:
@@ -207,7 +231,7 @@ class Switcher:
 
         def extended(seconds: float, why: str) -> None:
             log.warning("%s: probation of %s extended by up to %g s until its health checks reach a verdict: %s",
-                        dep.app.name, dep.new, seconds, why)
+                        dep.app.name, dep.new, seconds, why, extra=dep.fields)
             progress({"step": "probation", "version": dep.new, "extended": seconds, "why": why})
 
         try:
@@ -220,7 +244,7 @@ class Switcher:
             # The host is going down and takes NEW with it: no verdict. Stay in probation until the
             # agent is stopped too; after the reboot the boot-id rule brings back the last good release.
             log.warning("%s: host shutting down during probation of %s (%s); leaving it to the next boot",
-                        dep.app.name, dep.new, trip)
+                        dep.app.name, dep.new, trip, extra=dep.fields)
             try:
                 async with asyncio.timeout(SHUTDOWN_WAIT_SEC):
                     await self.stopping.wait()
@@ -249,6 +273,8 @@ class Switcher:
             # The operator left it on purpose: a later plain rollback must not go back to it.
             self.store.set_release_status(dep.app.name, dep.old, "rolled-back",
                                           f"rolled back to {dep.new} by {dep.caller}")
+        events.emit(logging.INFO, events.BLESSED, f"{dep.app.name}: {dep.new} passed probation; a reboot comes back to it",
+                    dep.app.name, dep.new, dep.id)
         self.store.set_app_state(dep.app.name, current=dep.new, last_good=dep.new, degraded="")
         return OK
 

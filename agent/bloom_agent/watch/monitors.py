@@ -199,7 +199,8 @@ class CheckMonitor:
             self.last_detail = result.detail
             if not result.ok:
                 log.warning("%s: %s failed (%d/%d): %s", self.target.unit, self.spec.name, self.consecutive,
-                            self.spec.failures, result.detail)
+                            self.spec.failures, result.detail,
+                            extra={"BLOOM_APP": self.target.app, "BLOOM_VERSION": self.target.version})
             if self.consecutive >= self.spec.failures:
                 return f"health check {self.spec.name} failed {self.consecutive} times in a row: {result.detail}"
             await asyncio.sleep(self.spec.interval_sec)
