@@ -59,6 +59,9 @@ PACKAGES = (
     "iproute2",
     "sudo",
     "wrk",
+    "python3-prometheus-client",
+    # node_exporter reads the agent's metrics from its textfile collector directory
+    "prometheus-node-exporter",
     # Installed but not started at boot (it adds ~2 s to every boot): tests that need
     # it run `systemctl start postgresql`.
     "postgresql",
@@ -68,6 +71,7 @@ PACKAGES = (
 # the network; they are disabled in every machine (not in the cached root file system).
 DISABLED_UNITS = (
     "multi-user.target.wants/postgresql.service",
+    "multi-user.target.wants/prometheus-node-exporter.service",
     "timers.target.wants/apt-daily.timer",
     "timers.target.wants/apt-daily-upgrade.timer",
     "timers.target.wants/dpkg-db-backup.timer",

@@ -371,3 +371,29 @@ def test_journal_events_carry_ids_and_fields_and_the_catalog_explains_them(safe)
     assert "safe: switch 1.0.0 -> 1.1.0 started by root" in story and "rolled-back" in story
     listed = safe.host.check_output(f"journalctl --list-catalog {events.ROLLED_BACK}")
     assert "was rolled back" in listed, listed
+
+
+def test_metrics_reach_prometheus_node_exporter(safe):
+    """The agent's textfile, as Debian's node_exporter serves it (scraped inside the machine)."""
+    import re
+
+    current = safe.status()["current"]
+    safe.host.check_output("systemctl start prometheus-node-exporter")
+    try:
+        def scrape():
+            out = safe.host.run("curl -sS --max-time 5 http://127.0.0.1:9100/metrics")
+            return out.stdout if out.rc == 0 and "bloom_agent_up 1" in out.stdout else ""
+
+        metrics = wait_until(scrape, 30, "node_exporter to serve the agent's metrics")
+        assert f'bloom_app_release_info{{app="safe",version="{current}"}} 1' in metrics
+        assert 'bloom_app_state{app="safe",state="serving"} 1' in metrics
+        history = json.loads(safe.host.check_output("bloomctl history safe --limit 1000 --json"))
+        rolled = sum(1 for h in history if h["outcome"] in ("rolled-back", "failed") and h["action"] == "switch"
+                     and h["reason"].startswith("probation: health check"))
+        if rolled:  # the module's first test has one; alone, this test may run without
+            assert f'bloom_rollbacks_total{{app="safe",trigger="health-check"}} {rolled}' in metrics
+        assert re.search(r'bloom_deployments_total\{action="switch",app="safe",outcome="done"\} [1-9]', metrics)
+        assert 'bloom_deployment_duration_seconds_bucket{action="switch",app="safe",outcome="done",le="+Inf"}' in metrics
+        assert 'node_textfile_scrape_error 0' in metrics
+    finally:
+        safe.host.run("systemctl stop prometheus-node-exporter")

@@ -128,6 +128,10 @@ class FakeJournal:
         self.name = "journal"
         self._real = JournalMonitor(unit, max_per_minute, patterns, since)
 
+    @property
+    def rate(self) -> int:
+        return self._real.rate
+
     async def watch(self) -> str:
         import time
 

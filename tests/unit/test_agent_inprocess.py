@@ -378,3 +378,35 @@ def test_logs_runs_journalctl_on_the_releases(tmp_path, args, expected):
                          text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == expected
+
+
+def test_metrics_for_node_exporters_textfile_collector(tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    host = InProcessAgent(tmp_path)
+    host.declare("web", 8080)
+    metrics_dir = tmp_path / "var/lib/prometheus/node-exporter"
+
+    async def scenario():
+        await host.start()
+        await host.call("deploy", {"app": "web", "tarball": host.tarball("web", "1.0.0")})
+        assert not metrics_dir.exists(), "no directory, no metrics"
+        metrics_dir.mkdir(parents=True)
+        await host.call("deploy", {"app": "web", "tarball": host.tarball("web", "2.0.0")})
+        FakeJournal.entries = [{"MESSAGE": f"db down {i}", "PRIORITY": 3} for i in range(21)]
+        await host.call("deploy", {"app": "web", "tarball": host.tarball("web", "3.0.0")})
+        text = (metrics_dir / "bloom.prom").read_text()
+        await host.stop()
+        return text, (metrics_dir / "bloom.prom").read_text()
+
+    running, stopped = run(scenario())
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(running) for s in family.samples}
+    assert samples[("bloom_agent_up", ())] == 1
+    assert samples[("bloom_app_release_info", (("app", "web"), ("version", "2.0.0")))] == 1
+    assert samples[("bloom_app_state", (("app", "web"), ("state", "serving")))] == 1
+    assert samples[("bloom_deployments_total", (("action", "switch"), ("app", "web"), ("outcome", "done")))] == 2
+    assert samples[("bloom_deployments_total", (("action", "switch"), ("app", "web"), ("outcome", "rolled-back")))] == 1
+    assert samples[("bloom_rollbacks_total", (("app", "web"), ("trigger", "journal")))] == 1
+    assert samples[("bloom_probation_duration_seconds_count", (("app", "web"),))] == 3
+    assert "bloom_agent_up 0.0" in stopped

@@ -15,7 +15,8 @@ ALLOWED = {
     "watch": {"errors", "config", "systemd"},
     "deploy": {"errors", "config", "store", "systemd", "watch", "control.auth"},
     "control": {"errors"},
-    "daemon": {"errors", "config", "store", "systemd", "watch", "deploy", "control"},
+    "metrics": {"errors", "config", "store", "systemd", "watch", "deploy"},
+    "daemon": {"errors", "config", "store", "systemd", "watch", "deploy", "control", "metrics"},
     "cli": {"errors", "control.client", "control.protocol"},
 }
 

@@ -27,6 +27,9 @@ AGENT_FIELDS = [
           help="where the app files are read from"),
     Field("releases_dir", str, "/var/lib/bloom/releases", check_absolute_path, restart=True,
           help="root of the apps' release directories (`RELEASES_DIR/APP/VERSION`) unless an app sets its own"),
+    Field("metrics_dir", str, "/var/lib/prometheus/node-exporter", check_absolute_path, restart=True,
+          help="where the agent writes `bloom.prom` for node_exporter's textfile collector; nothing is written "
+               "while the directory does not exist"),
 ]
 # Settings bound into open resources (the database, the listening socket and its stream limit, the
 # directories): a reload keeps the running value and says so.
@@ -45,6 +48,7 @@ class AgentConfig:
     log_level: str
     apps_dir: Path
     releases_dir: Path
+    metrics_dir: Path
 
 
 def default_path() -> Path:

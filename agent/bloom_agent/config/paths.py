@@ -23,6 +23,7 @@ class Paths:
     control_socket: Path
     apps_dir: Path
     releases_dir: Path
+    metrics_dir: Path
     unit_dir: Path          # where the agent writes app units and their blessed socket pointer
     runtime_unit_dir: Path  # the trial pointer: gone after a reboot
     vendor_unit_dirs: tuple[Path, ...]  # where packages put units: a name taken there is not an app's
@@ -53,6 +54,7 @@ class Paths:
             control_socket=under(config.control_socket),
             apps_dir=under(config.apps_dir),
             releases_dir=under(config.releases_dir),
+            metrics_dir=under(config.metrics_dir),
             unit_dir=under("/etc/systemd/system"),
             runtime_unit_dir=under("/run/systemd/system"),
             vendor_unit_dirs=tuple(under(d) for d in ("/usr/local/lib/systemd/system", "/usr/lib/systemd/system",

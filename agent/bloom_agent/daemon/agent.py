@@ -31,6 +31,7 @@ from bloom_agent.daemon.notify import Notifier
 from bloom_agent.deploy.manager import AppManager
 from bloom_agent.deploy.switcher import Journal
 from bloom_agent.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, BloomError, ConfigError, InvalidArguments
+from bloom_agent.metrics.textfile import TextfileExporter
 from bloom_agent.store.state import StateStore, boot_id_from, utcnow
 from bloom_agent.systemd import adapter as systemd_adapter
 from bloom_agent.systemd.adapter import Systemd
@@ -42,6 +43,8 @@ log = logging.getLogger("bloom_agent")
 SHUTDOWN_GRACE = 10.0
 # Without a watchdog the loop still wakes now and then; it costs nothing and keeps the code path hot.
 IDLE_TICK = 30.0
+# node_exporter's textfile is written this often (and whenever a switch or rollback ends).
+METRICS_INTERVAL = 5.0
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -94,6 +97,8 @@ class Agent:
     async def _run(self) -> int:
         self.apps = AppManager(self.paths.apps_dir, self.paths.releases_dir, self.store, self._connect_systemd(),
                                UnitWriter.for_paths(self.paths), self._journal)
+        self.metrics = TextfileExporter(self.paths.metrics_dir, self.apps)
+        self.apps.on_change = self.metrics.write
         try:
             await self.apps.load()
         except BloomError as err:  # e.g. systemd unreachable: the agent still answers, and says why
@@ -107,7 +112,7 @@ class Agent:
         log.info("bloom-agent %s ready (config %s, state %s)", __version__, self.config.path, self.paths.state_db)
         # After READY: reconciling can take as long as starting a release, and systemd should not wait for it.
         self._reconciling = asyncio.ensure_future(self._reconcile(claimed))
-        tick = min(self.notifier.watchdog_interval or IDLE_TICK, IDLE_TICK)
+        tick = min(self.notifier.watchdog_interval or IDLE_TICK, IDLE_TICK, METRICS_INTERVAL)
         while not self._stopping:
             try:
                 async with asyncio.timeout(tick):
@@ -115,6 +120,7 @@ class Agent:
             except TimeoutError:
                 sig = None
             self.notifier.watchdog()
+            self.metrics.write()
             if sig is not None:
                 await self.handle_signal(sig)
         return await self._shutdown()
@@ -155,6 +161,7 @@ class Agent:
             log.warning("second signal: stopping now without waiting for requests in flight")
             closing.cancel()
         second_signal.cancel()
+        self.metrics.write(up=False)
         self.store.record_agent_event("stop", __version__)
         self.store.close()
         log.info("stopped")

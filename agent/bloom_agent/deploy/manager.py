@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bloom_agent.config.apps import AppConfig, describe, load_apps, probation_warnings, refuse_shared_addresses
 from bloom_agent.control.auth import Caller
@@ -69,6 +69,8 @@ class AppManager:
         self.app_warnings: list[str] = []
         self._holders: dict[str, Holder] = {}
         self._tasks: set[asyncio.Task] = set()
+        # Called when a switch or rollback has ended (the daemon writes the metrics then).
+        self.on_change: Callable[[], None] = lambda: None
 
     # -- app definitions ----------------------------------------------------------------------
 
@@ -339,6 +341,7 @@ class AppManager:
             return outcome
         finally:
             self._release(app.name, holder)
+            self.on_change()
 
     async def rollback(self, name: str, to: str | None, caller: Caller, progress: Progress = no_progress,
                        wait: bool = True) -> dict:

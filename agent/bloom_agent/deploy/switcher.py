@@ -66,6 +66,12 @@ class Switcher:
         # Set when the agent stops: a step waiting for that (see _probation) leaves the deployment to
         # the next start.
         self.stopping = asyncio.Event()
+        self._journal_watch: dict[str, monitors.Monitor] = {}  # app -> its journal monitor in probation
+
+    @property
+    def journal_rates(self) -> dict[str, int]:
+        """Errors per minute each app's journal monitor sees now (apps in probation only)."""
+        return {app: getattr(m, "rate", 0) for app, m in self._journal_watch.items()}
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -218,8 +224,10 @@ class Switcher:
     def monitors(self, dep: Deployment) -> list[monitors.Monitor]:
         app = dep.app
         watching: list[monitors.Monitor] = [monitors.UnitMonitor(self.systemd, dep.new_unit)]
-        watching.append(self.journal_monitor(dep.new_unit, app.max_error_rate_per_minute, app.error_patterns,
-                                                since=dep.started_at))
+        journal = self.journal_monitor(dep.new_unit, app.max_error_rate_per_minute, app.error_patterns,
+                                       since=dep.started_at)
+        self._journal_watch[app.name] = journal
+        watching.append(journal)
         watching += [monitors.CheckMonitor(spec, self._target(dep)) for spec in app.health_checks]
         return watching
 
@@ -238,6 +246,7 @@ class Switcher:
             trip = await monitors.probation(watching, dep.app.probation_sec, dep.abort, extended)
         finally:
             ticker.cancel()
+            self._journal_watch.pop(dep.app.name, None)
         if dep.abort.is_set():
             return self._fail(dep, dep.abort_reason or "rollback requested")
         if trip and self.systemd.host_stopping():

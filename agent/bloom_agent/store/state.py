@@ -218,6 +218,17 @@ class StateStore:
             "SELECT version, from_version FROM deployments WHERE app = ? AND action IN ('switch', 'rollback') "
             "AND outcome = 'done' ORDER BY id DESC", (app,))]
 
+    def finished_switches(self, app: str) -> list[dict]:
+        """Switches and rollbacks that ended, oldest first, with the time each spent in probation."""
+        return [dict(r) for r in self._db.execute(
+            "SELECT d.action, d.outcome, d.reason, d.started_at, d.finished_at, "
+            "(SELECT (julianday(MIN(n.at)) - julianday(p.at)) * 86400 FROM deployment_steps n "
+            " WHERE n.deployment = d.id AND n.rowid > p.rowid) AS probation_seconds "
+            "FROM deployments d LEFT JOIN deployment_steps p ON p.deployment = d.id AND p.step = 'probation' "
+            "WHERE d.app = ? AND d.action IN ('switch', 'rollback') AND d.finished_at IS NOT NULL "
+            "AND d.outcome IN ('done', 'failed', 'rolled-back', 'degraded') "
+            "GROUP BY d.id ORDER BY d.id", (app,))]
+
     def steps(self, deployment: int) -> list[dict]:
         return [dict(r) for r in self._db.execute(
             "SELECT at, step, detail FROM deployment_steps WHERE deployment = ? ORDER BY rowid", (deployment,))]

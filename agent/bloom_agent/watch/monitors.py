@@ -95,6 +95,7 @@ class JournalMonitor:
         self.since = time.time() if since is None else since
         self.window: collections.deque[tuple[float, int]] = collections.deque()
         self.last_error = ""
+        self.rate = 0  # errors in the last minute, as of the last entry read
 
     def _open(self):
         from systemd import journal
@@ -135,7 +136,7 @@ class JournalMonitor:
             self.last_error = str(entry.get("MESSAGE", ""))[:200]
         while self.window and self.window[0][0] <= now - WINDOW_SEC:
             self.window.popleft()
-        rate = sum(n for _, n in self.window)
+        rate = self.rate = sum(n for _, n in self.window)
         if rate > self.max_per_minute:
             return (f"journal error rate {rate}/min > {self.max_per_minute}/min for {self.unit}; "
                     f"last error: {self.last_error}")
