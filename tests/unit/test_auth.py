@@ -23,3 +23,17 @@ def test_peer_caller_reads_the_kernel_credentials():
         caller = peer_caller(a)
     assert (caller.pid, caller.uid, caller.gid) == (os.getpid(), os.getuid(), os.getgid())
     assert set(os.getgroups()) <= caller.groups
+
+
+def test_groups_come_from_the_socket_not_from_proc(tmp_path):
+    """A /proc that says otherwise (a PID reused by another process) changes nothing."""
+    from pathlib import Path
+
+    fake = tmp_path / str(os.getpid())
+    fake.mkdir()
+    (fake / "status").write_text("Groups:\t4242\n")
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        caller = peer_caller(a, Path(tmp_path))
+    assert 4242 not in caller.groups
+    assert caller.groups == frozenset(os.getgroups()) | {os.getgid()}

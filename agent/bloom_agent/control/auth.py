@@ -29,15 +29,34 @@ class Caller:
         return f"{self.user} (uid {self.uid}, pid {self.pid})"
 
 
+# Not exported by Python 3.11's socket module; the value is Linux's.
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+# Python's getsockopt takes at most 1024 bytes: 256 groups. A caller in more gets the fallback.
+PEERGROUPS_BYTES = 1024
+
+
 def peer_caller(sock: socket.socket, proc: Path = Path("/proc")) -> Caller:
-    """The kernel's word on who connected; unlike anything the client sends, it cannot be forged."""
+    """The kernel's word on who connected; unlike anything the client sends, it cannot be forged. The
+    groups too are the kernel's, as they were when the caller connected (SO_PEERGROUPS): a process
+    that has exited meanwhile cannot lend its PID, and so its groups, to another."""
     pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-    return Caller(pid=pid, uid=uid, gid=gid, groups=frozenset(_process_groups(pid, uid, gid, proc)))
+    groups = _peer_groups(sock)
+    if groups is None:
+        groups = _process_groups(pid, uid, gid, proc)
+    return Caller(pid=pid, uid=uid, gid=gid, groups=frozenset(groups | {gid}))
+
+
+def _peer_groups(sock: socket.socket) -> set[int] | None:
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, PEERGROUPS_BYTES)
+    except OSError:  # a kernel without it, or more groups than fit
+        return None
+    return set(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
 
 
 def _process_groups(pid: int, uid: int, gid: int, proc: Path) -> set[int]:
-    # The process's own supplementary groups are the truth; the group database is the fallback
-    # for a caller that has already exited.
+    # Where SO_PEERGROUPS is missing: the process's own groups, then the group database for a caller
+    # that has already exited.
     try:
         with open(proc / str(pid) / "status") as fh:
             for line in fh:

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from bloom_agent import __version__
 from bloom_agent.control.auth import Caller
-from bloom_agent.store.releases import Upload
 from bloom_agent.errors import InvalidArguments
+from bloom_agent.store.releases import Upload
 
 if TYPE_CHECKING:
     from bloom_agent.daemon.agent import Agent

@@ -17,23 +17,20 @@ from typing import Any, Callable
 
 from bloom_agent.config.apps import AppConfig, describe, load_apps, probation_warnings, refuse_shared_addresses
 from bloom_agent.control.auth import Caller
-from bloom_agent.deploy.deployment import OUTCOMES, Step
 from bloom_agent.deploy import events
+from bloom_agent.deploy.deployment import OUTCOMES, Step
 from bloom_agent.deploy.hooks import run_hooks
 from bloom_agent.deploy.switcher import Deployment, Journal, Outcome, Progress, Switcher, no_progress
 from bloom_agent.errors import BloomError, Busy, ConfigError, InstallError, InvalidArguments, ReleaseError, UnknownApp
 from bloom_agent.store import releases
-from bloom_agent.store.releases import Upload
 from bloom_agent.store import versions
+from bloom_agent.store.releases import Upload
 from bloom_agent.store.state import StateStore
 from bloom_agent.systemd.adapter import Systemd
 from bloom_agent.systemd.unitfiles import UnitWriter
 from bloom_agent.watch.checks import Target, run_check
 
 log = logging.getLogger(__name__)
-
-
-
 
 
 @dataclass

@@ -38,7 +38,6 @@ SUFFIXES = (".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".tzst")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-
 @dataclass(frozen=True)
 class Installed:
     version: str

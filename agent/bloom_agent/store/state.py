@@ -90,7 +90,6 @@ def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-
 class StateStore:
     def __init__(self, path: Path, boot_id: Callable[[], str] = lambda: "") -> None:
         self.path = path

@@ -20,7 +20,6 @@ _SEMVER = re.compile(
 MAX_LENGTH = 64
 
 
-
 def validate(version: str) -> str:
     if len(version) > MAX_LENGTH or not _VERSION.fullmatch(version):
         raise InvalidVersion(

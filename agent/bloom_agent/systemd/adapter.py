@@ -72,8 +72,6 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-
-
 class NoSystemd:
     """Stands in when the agent runs where systemd is not reachable (by hand, in a build chroot)."""
 
