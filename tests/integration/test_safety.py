@@ -397,3 +397,41 @@ def test_metrics_reach_prometheus_node_exporter(safe):
         assert 'node_textfile_scrape_error 0' in metrics
     finally:
         safe.host.run("systemctl stop prometheus-node-exporter")
+
+
+def _exposure(host, unit: str) -> float:
+    import re
+
+    out = host.run(f"systemd-analyze security --no-pager {unit}")
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out.stdout)
+    assert found, out.stdout + out.stderr
+    return float(found[1])
+
+
+def test_release_units_are_sandboxed_to_an_exposure_of_at_most_3_5(safe):
+    """systemd's own measure of the generated unit, for a release that runs (a plain unit scores 9.6)."""
+    unit = f"safe@{safe.status()['current']}.service"
+    exposure = _exposure(safe.host, unit)
+    print(f"\n{unit}: exposure {exposure}; bloom-agent.service: {_exposure(safe.host, 'bloom-agent.service')}")
+    assert exposure <= 3.5
+    assert safe.serving().startswith("sampleapp "), "the release runs under its sandbox"
+
+
+def test_app_remove_leaves_nothing_of_the_app(safe):
+    safe.host.check_output("printf 'listen = [\"127.0.0.1:8097\"]\\nexec = \"bin/sampleapp\"\\nprobation_sec = 1\\n' "
+                           "> /etc/bloom/apps/gone.toml && bloomctl reload")
+    built = make_release("1.0.0", safe.workdir / "gone")
+    safe.machine.put(built, "/root/releases/gone-1.0.0.tar.gz")
+    out = safe.bloomctl("deploy gone /root/releases/gone-1.0.0.tar.gz")
+    assert out.rc == 0, out.stderr
+    assert safe.host.check_output("curl -sS --max-time 5 http://127.0.0.1:8097/") == "sampleapp 1.0.0"
+    removed = safe.bloomctl("app remove --yes gone")
+    assert removed.rc == 0, removed.stderr
+    assert "removed gone (gone@1.0.0.service; /etc/bloom/apps/gone.toml deleted)" in removed.stdout
+    assert safe.host.check_output("systemctl list-units --all --no-legend --plain 'gone*'") == ""
+    for path in ("/etc/systemd/system/gone.socket", "/etc/systemd/system/gone@.service",
+                 "/etc/systemd/system/gone.socket.d", "/var/lib/bloom/releases/gone", "/etc/bloom/apps/gone.toml"):
+        assert not safe.host.file(path).exists, path
+    assert safe.host.run("curl -sS --max-time 5 http://127.0.0.1:8097/").rc != 0, "the socket is closed"
+    assert safe.bloomctl("status gone").rc == 1
+    assert safe.bloomctl("status safe").rc == 0, "the other apps go on"

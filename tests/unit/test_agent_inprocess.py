@@ -410,3 +410,30 @@ def test_metrics_for_node_exporters_textfile_collector(tmp_path):
     assert samples[("bloom_rollbacks_total", (("app", "web"), ("trigger", "journal")))] == 1
     assert samples[("bloom_probation_duration_seconds_count", (("app", "web"),))] == 3
     assert "bloom_agent_up 0.0" in stopped
+
+
+def test_app_remove_takes_an_app_off_the_host(tmp_path):
+    host = InProcessAgent(tmp_path)
+    host.declare("web", 8080)
+    host.declare("api", 8081)
+
+    async def scenario():
+        await host.start()
+        await host.call("deploy", {"app": "web", "tarball": host.tarball("web", "1.0.0")})
+        await host.call("deploy", {"app": "api", "tarball": host.tarball("api", "1.0.0")})
+        removed = await host.call("app-remove", {"app": "web"})
+        status = await host.call("status")
+        await host.stop()
+        return removed, status
+
+    removed, status = run(scenario())
+    assert removed["stopped"] == ["web@1.0.0.service"]
+    assert [a["name"] for a in status["apps"]] == ["api"]
+    units = tmp_path / "etc/systemd/system"
+    assert not (units / "web.socket").exists() and not (units / "web@.service").exists()
+    assert not (units / "web.socket.d").exists() and (units / "api.socket").exists()
+    assert not (tmp_path / "var/lib/bloom/releases/web").exists()
+    assert not (tmp_path / "etc/bloom/apps/web.toml").exists()
+    assert host.systemd.unit("web@1.0.0.service").active_state == "inactive"
+    assert ("disable", "web.socket") in host.systemd.calls
+    assert host.systemd.unit("api@1.0.0.service").active_state == "active"

@@ -293,6 +293,25 @@ def wait(obj: Context, app: str, quiet: bool, as_json: bool) -> None:
     _report_switch(obj, "wait", {"app": app}, as_json, quiet)
 
 
+@cli.group("app")
+def app_group() -> None:
+    """Apps as a whole."""
+
+
+@app_group.command("remove")
+@click.argument("app")
+@click.option("--yes", is_flag=True, help="Do not ask (for scripts).")
+@click.pass_obj
+def app_remove(obj: Context, app: str, yes: bool) -> None:
+    """Take APP off the host: stop its releases, close its socket, remove its units, releases and app file."""
+    if not yes:
+        click.confirm(f"Remove {app} from this host: stop it, and delete its units, releases and app file?",
+                      abort=True, err=True)
+    result = obj.call("app-remove", {"app": app}, timeout=None)
+    stopped = ", ".join(result["stopped"]) or "nothing was running"
+    click.echo(f"removed {app} ({stopped}; {result['file']} deleted)")
+
+
 @cli.command()
 @click.argument("app")
 @click.argument("version", required=False)

@@ -121,6 +121,12 @@ async def history(agent: "Agent", caller: Caller, args: dict[str, Any], progress
     return agent.apps.history(a.get("app", str, required=True), a.get("limit", int, 50))
 
 
+async def app_remove(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,
+                     upload: Upload | None) -> dict[str, Any]:
+    a = Args("app-remove", args, {"app"})
+    return await agent.apps.remove_app(a.get("app", str, required=True), caller)
+
+
 async def wait(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,
                upload: Upload | None) -> dict[str, Any]:
     a = Args("wait", args, {"app"})
@@ -155,4 +161,5 @@ COMMANDS: dict[str, Handler] = {
     "history": history,
     "show": show,
     "wait": wait,
+    "app-remove": app_remove,
 }

@@ -17,6 +17,7 @@ ROLLED_BACK = "c4b2e9a7f1d3486e9a0c2b4d6f8e1a73"
 ROLLBACK_FAILED = "4b8a0c3e9d2f4e6b9a71c5d0e2f3a8b1"
 INSTALLED = "9f2d6b1a4c8e4b7a3d5f0e9c1b2a6d85"
 REMOVED = "1c7e5a3b9d2f4c8a6e0b3d9f7a1c5e26"
+APP_REMOVED = "e8a3c6f1b5d94e2a8c7b0f3d6a1e9c54"
 
 
 def fields(app: str, version: str | None = None, deployment: int | None = None, **more: Any) -> dict[str, Any]:

@@ -215,6 +215,33 @@ class AppManager:
         finally:
             self._release(name, holder)
 
+    async def remove_app(self, name: str, caller: Caller) -> dict:
+        """Take an app off the host: its releases stopped, its socket closed, its units, drop-ins,
+        releases and app file removed, its releases and state forgotten (its history stays)."""
+        app = self.app(name)
+        holder = self._acquire(name, "app removal", caller.user)
+        try:
+            stopped = []
+            for status in self.systemd.instances(f"{name}@*.service"):
+                await self.switcher.retire(status.name)
+                stopped.append(status.name)
+            await self.switcher.retire(app.socket_unit)
+            self.systemd.disable(app.socket_unit)
+            self.units.remove_app_units(app)
+            await self.systemd.daemon_reload()
+            await asyncio.to_thread(releases.remove_all, app)
+            app.path.unlink(missing_ok=True)
+            self.store.forget_app(name)
+            dep = self.store.begin_deployment(name, "remove-app", "-", None, "removing", caller.user)
+            self.store.finish_deployment(dep, "done", "done", f"stopped {', '.join(stopped) or 'nothing'}; "
+                                         f"units, releases and {app.path.name} removed")
+            del self.apps[name]
+            events.emit(logging.WARNING, events.APP_REMOVED, f"{name}: app removed by {caller.user}", name,
+                        deployment=dep, BLOOM_CALLER=caller.user)
+            return {"app": name, "removed": True, "stopped": stopped, "file": str(app.path)}
+        finally:
+            self._release(name, holder)
+
     def _in_use(self, app: AppConfig, version: str) -> str:
         state = self.store.app_state(app.name)
         if version == state["current"]:

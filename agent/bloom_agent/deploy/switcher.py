@@ -212,7 +212,7 @@ class Switcher:
         self.store.set_app_state(dep.app.name, current=dep.new)
         self.store.set_release_status(dep.app.name, dep.new, "probation")
         if dep.old_unit:
-            await self._retire(dep.old_unit)  # SIGTERM; the old release drains within TimeoutStopSec
+            await self.retire(dep.old_unit)  # SIGTERM; the old release drains within TimeoutStopSec
         events.emit(logging.INFO, events.SWITCHED, f"{dep.app.name}: {dep.new} serves alone ({dep.old or 'no release'} "
                     f"stopped); probation {dep.app.probation_sec:g} s", dep.app.name, dep.new, dep.id,
                     BLOOM_FROM=dep.old or "")
@@ -323,19 +323,19 @@ class Switcher:
             return True
         why = (f"cannot start {dep.old} again ({result}; {self.systemd.status(dep.old_unit).describe()}); "
                f"{dep.new} left running")
-        await self._retire(dep.old_unit)
+        await self.retire(dep.old_unit)
         self._degrade(dep, why)
         return False
 
     async def _hand_back_to_old(self, dep: Deployment) -> None:
         # NEW goes before the pointer moves back: like the forward switch, the daemon-reload must not
         # stand between a misbehaving release and its removal.
-        await self._retire(dep.new_unit)
+        await self.retire(dep.new_unit)
         self.store.set_app_state(dep.app.name, current=dep.old)
         if self.units.point_socket(dep.app, versions.instance(dep.old), trial=False):
             await self._reload(dep)
 
-    async def _retire(self, unit: str) -> None:
+    async def retire(self, unit: str) -> None:
         """Stop a unit the agent is done with, and forget its failure: a release that died on SIGTERM
         or never came up must not linger in 'systemctl --failed' and turn the host 'degraded'."""
         await self.systemd.stop(unit)
@@ -349,9 +349,9 @@ class Switcher:
     async def _give_up_first_release(self, dep: Deployment) -> None:
         """A first deploy that fails leaves no release: NEW stopped and the socket retired, so
         connections are refused rather than queued for nobody."""
-        await self._retire(dep.new_unit)
+        await self.retire(dep.new_unit)
         self.store.set_app_state(dep.app.name, current=None)
-        await self._retire(dep.app.socket_unit)
+        await self.retire(dep.app.socket_unit)
         self.systemd.disable(dep.app.socket_unit)
         self.units.clear_socket_pointer(dep.app)
         await self._reload(dep)

@@ -379,6 +379,14 @@ def remove_staging_leftovers(app: AppConfig) -> list[Path]:
     return leftovers
 
 
+def remove_all(app: AppConfig) -> None:
+    """The app's whole releases directory (an app taken off the host)."""
+    if app.releases_dir.is_dir():
+        doomed = app.releases_dir.with_name(f"{STAGING_PREFIX}removed-app-{app.name}-{os.getpid()}")
+        os.rename(app.releases_dir, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+
 def remove_release(app: AppConfig, instance: str) -> None:
     path = app.releases_dir / instance
     if path.is_dir():

@@ -171,6 +171,12 @@ class StateStore:
     def set_release_status(self, app: str, version: str, status: str, reason: str = "") -> None:
         self._db.execute("UPDATE releases SET status = ?, reason = ? WHERE app = ? AND version = ?", (status, reason, app, version))
 
+    def forget_app(self, app: str) -> None:
+        """An app removed: its releases and state go; its history stays, for the record."""
+        with self._transaction():
+            self._db.execute("DELETE FROM releases WHERE app = ?", (app,))
+            self._db.execute("DELETE FROM app_state WHERE app = ?", (app,))
+
     def delete_release(self, app: str, version: str) -> None:
         self._db.execute("DELETE FROM releases WHERE app = ? AND version = ?", (app, version))
 

@@ -200,6 +200,13 @@ class UnitWriter:
         remove_if_present(self.dropin(app, "etc"))
 
     def remove_app_units(self, app: AppConfig) -> None:
+        """The app's units and the agent's drop-ins; a drop-in directory left empty goes too (the
+        operator's own drop-ins, if any, stay, with their directory)."""
         for path in (self.paths.etc / app.socket_unit, self.paths.etc / app.template_unit,
                      self.dropin(app, "etc"), self.dropin(app, "run")):
             remove_if_present(path)
+        for layer in ("etc", "run"):
+            try:
+                self.dropin(app, layer).parent.rmdir()
+            except OSError:
+                pass  # not there, or not empty
