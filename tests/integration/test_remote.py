@@ -74,9 +74,11 @@ def test_deploy_status_health_and_rollback_from_here(far):
     back = far.bloomctl("rollback", "far")
     assert back.returncode == 0, back.stderr
     assert far.on_machine("curl -sS --max-time 5 http://127.0.0.1:8084/") == "sampleapp 1.0.0"
-    # who did it, as the agent saw it: the ssh user
+    # who did it, as the agent saw it: the ssh user, and where the session came from
     history = json.loads(far.bloomctl("history", "far", "--json").stdout)
-    assert {h["caller"] for h in history} == {"root"}
+    assert {h["caller"] for h in history} == {"root via ssh from 127.0.0.1"}, history
+    journal = far.on_machine("journalctl -o json --no-pager BLOOM_APP=far MESSAGE_ID=9f2d6b1a4c8e4b7a3d5f0e9c1b2a6d85")
+    assert {json.loads(line)["BLOOM_CALLER"] for line in journal.splitlines()} == {"root via ssh from 127.0.0.1"}
 
 
 def test_a_tarball_piped_into_bloomctl_over_plain_ssh(far):

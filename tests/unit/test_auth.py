@@ -37,3 +37,18 @@ def test_groups_come_from_the_socket_not_from_proc(tmp_path):
         caller = peer_caller(a, Path(tmp_path))
     assert 4242 not in caller.groups
     assert caller.groups == frozenset(os.getgroups()) | {os.getgid()}
+
+
+def test_a_caller_in_an_ssh_session_is_recorded_with_its_address(tmp_path):
+    from pathlib import Path
+
+    fake = tmp_path / str(os.getpid())
+    fake.mkdir()
+    (fake / "environ").write_bytes(b"HOME=/root\0SSH_CONNECTION=192.0.2.7 50122 192.0.2.1 22\0TERM=dumb\0")
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        remote = peer_caller(a, Path(tmp_path))
+        (fake / "environ").write_bytes(b"HOME=/root\0")
+        local = peer_caller(a, Path(tmp_path))
+    assert remote.remote == "192.0.2.7" and remote.label == f"{remote.user} via ssh from 192.0.2.7"
+    assert local.remote == "" and local.label == local.user

@@ -17,6 +17,12 @@ class Caller:
     uid: int
     gid: int
     groups: frozenset[int] = field(default_factory=frozenset)
+    remote: str = ""  # the address an ssh session came from (bloomctl -H), as sshd told that session
+
+    @property
+    def label(self) -> str:
+        """Who, as the history and the journal record it: the user, and where from when remote."""
+        return f"{self.user} via ssh from {self.remote}" if self.remote else self.user
 
     @property
     def user(self) -> str:
@@ -26,7 +32,8 @@ class Caller:
             return str(self.uid)
 
     def describe(self) -> str:
-        return f"{self.user} (uid {self.uid}, pid {self.pid})"
+        where = f", ssh from {self.remote}" if self.remote else ""
+        return f"{self.user} (uid {self.uid}, pid {self.pid}{where})"
 
 
 # Not exported by Python 3.11's socket module; the value is Linux's.
@@ -43,7 +50,22 @@ def peer_caller(sock: socket.socket, proc: Path = Path("/proc")) -> Caller:
     groups = _peer_groups(sock)
     if groups is None:
         groups = _process_groups(pid, uid, gid, proc)
-    return Caller(pid=pid, uid=uid, gid=gid, groups=frozenset(groups | {gid}))
+    return Caller(pid=pid, uid=uid, gid=gid, groups=frozenset(groups | {gid}), remote=_ssh_client(pid, proc))
+
+
+def _ssh_client(pid: int, proc: Path) -> str:
+    """The client address of the ssh session the caller runs in (bloomctl stdio-bridge under
+    bloomctl -H), from SSH_CONNECTION in its environment. Informational: the uid is what is trusted,
+    and a local user could set the variable; it tells an operator where a remote request came from."""
+    try:
+        environ = (proc / str(pid) / "environ").read_bytes()
+    except OSError:
+        return ""
+    for entry in environ.split(b"\0"):
+        if entry.startswith(b"SSH_CONNECTION="):
+            address = entry.split(b"=", 1)[1].split(b" ", 1)[0].decode(errors="replace")
+            return address if address and len(address) <= 64 and address.isprintable() else ""
+    return ""
 
 
 def _peer_groups(sock: socket.socket) -> set[int] | None:

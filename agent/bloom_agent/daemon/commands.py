@@ -59,7 +59,7 @@ async def status(agent: "Agent", caller: Caller, args: dict[str, Any], progress:
             "watchdog_interval_sec": agent.notifier.watchdog_interval,
             "systemd": agent.apps.systemd_problem() or "reachable",
         },
-        "caller": {"user": caller.user, "uid": caller.uid},
+        "caller": {"user": caller.user, "uid": caller.uid, "remote": caller.remote},
         "apps": [agent.apps.app_status(name) for name in sorted(agent.apps.apps)],
         "app_errors": agent.apps.app_errors,
     }

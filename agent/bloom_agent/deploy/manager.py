@@ -153,7 +153,7 @@ class AppManager:
                 raise InvalidArguments("the release's version is needed: pass --version X.Y.Z",
                                        hint="or send a file named APP-X.Y.Z.tar.gz")
             version = releases.version_from_name(app.name, filename)
-        dep = self.store.begin_deployment(app.name, "install", version, None, "installing", caller.user)
+        dep = self.store.begin_deployment(app.name, "install", version, None, "installing", caller.label)
         try:
             versions.validate(version)
             if not 0 <= strip <= MAX_STRIP_COMPONENTS:
@@ -175,7 +175,7 @@ class AppManager:
         self.store.add_release(app.name, version, done.instance, done.sha256, done.size)
         self.store.finish_deployment(dep, "done", "done", f"{done.size} bytes, sha256 {done.sha256}")
         events.emit(logging.INFO, events.INSTALLED, f"{app.name}: installed {version} ({done.size} bytes, sha256 "
-                    f"{done.sha256}) by {caller.user}", app.name, version, dep, BLOOM_CALLER=caller.user)
+                    f"{done.sha256}) by {caller.label}", app.name, version, dep, BLOOM_CALLER=caller.label)
         if done.warning:
             log.warning("%s %s: %s", app.name, version, done.warning, extra=events.fields(app.name, version, dep))
         return {"app": app.name, "version": version, "path": str(done.path), "sha256": done.sha256, "size": done.size,
@@ -207,10 +207,10 @@ class AppManager:
                 raise ReleaseError(f"cannot remove {name} {version}: {reason}")
             await asyncio.to_thread(releases.remove_release, app, row["instance"])
             self.store.delete_release(name, version)
-            dep = self.store.begin_deployment(name, "remove", version, None, "removing", caller.user)
+            dep = self.store.begin_deployment(name, "remove", version, None, "removing", caller.label)
             self.store.finish_deployment(dep, "done", "done")
-            events.emit(logging.INFO, events.REMOVED, f"{name}: removed {version} by {caller.user}", name, version, dep,
-                        BLOOM_CALLER=caller.user)
+            events.emit(logging.INFO, events.REMOVED, f"{name}: removed {version} by {caller.label}", name, version, dep,
+                        BLOOM_CALLER=caller.label)
             return {"app": name, "version": version, "removed": True}
         finally:
             self._release(name, holder)
@@ -232,12 +232,12 @@ class AppManager:
             await asyncio.to_thread(releases.remove_all, app)
             app.path.unlink(missing_ok=True)
             self.store.forget_app(name)
-            dep = self.store.begin_deployment(name, "remove-app", "-", None, "removing", caller.user)
+            dep = self.store.begin_deployment(name, "remove-app", "-", None, "removing", caller.label)
             self.store.finish_deployment(dep, "done", "done", f"stopped {', '.join(stopped) or 'nothing'}; "
                                          f"units, releases and {app.path.name} removed")
             del self.apps[name]
-            events.emit(logging.WARNING, events.APP_REMOVED, f"{name}: app removed by {caller.user}", name,
-                        deployment=dep, BLOOM_CALLER=caller.user)
+            events.emit(logging.WARNING, events.APP_REMOVED, f"{name}: app removed by {caller.label}", name,
+                        deployment=dep, BLOOM_CALLER=caller.label)
             return {"app": name, "removed": True, "stopped": stopped, "file": str(app.path)}
         finally:
             self._release(name, holder)
@@ -300,7 +300,7 @@ class AppManager:
             current = self.store.app_state(app.name)["current"]
             if version == current:
                 raise ReleaseError(f"{app.name} is already on {version}")
-            dep = self.switcher.begin(app, action, version, caller.user)
+            dep = self.switcher.begin(app, action, version, caller.label)
         except BaseException:
             self._release(app.name, holder)
             raise
@@ -377,7 +377,7 @@ class AppManager:
             if to is not None and to != dep.old:
                 raise Busy(holder.describe(name), hint=f"during probation a rollback goes back to {dep.old}; "
                                                        f"run 'bloomctl rollback {name}' without --to")
-            dep.abort_reason = f"rollback requested by {caller.user}"
+            dep.abort_reason = f"rollback requested by {caller.label}"
             dep.abort.set()
             if wait and holder.task is not None:
                 return (await asyncio.shield(holder.task)).as_dict()
