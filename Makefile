@@ -14,7 +14,7 @@ PY_VERSION     = $(shell sed -n 's/^version *= *"\([^"]*\)".*/\1/p' pyproject.to
 # Files and directories of the source tree the package is built from.  A list
 # rather than "everything but .git": keeps VM images, rootfs tarballs, venvs
 # and caches out of the build tree.
-DEB_SOURCES   := pyproject.toml agent units conf $(wildcard README.md LICENSE setup.cfg MANIFEST.in)
+DEB_SOURCES   := pyproject.toml agent units conf docs $(wildcard README.md LICENSE setup.cfg MANIFEST.in)
 DEB_BUILD_ROOT:= build/deb
 DEB_SRC_DIR    = $(DEB_BUILD_ROOT)/$(DEB_PACKAGE)-$(DEB_VERSION)
 DIST_DIR      := dist

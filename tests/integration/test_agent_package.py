@@ -53,6 +53,10 @@ def test_agent_active_after_apt_install(machine):
     assert host.group("bloom").exists
     assert host.file("/etc/bloom/agent.toml").is_file
     assert host.file("/var/lib/bloom/state.db").is_file
+    # the documentation, uncompressed so that its links between pages work, and the journal catalog
+    for doc in ("README.md", "docs/operations.md", "docs/security.md", "docs/recipes/python.md"):
+        assert host.file(f"/usr/share/doc/bloom-agent/{doc}").is_file, doc
+    assert host.file("/usr/lib/systemd/catalog/bloom-agent.catalog").is_file
 
 
 def test_type_notify_ready_and_status_text(machine):
