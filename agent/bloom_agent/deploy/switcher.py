@@ -48,7 +48,7 @@ def trigger(reason: str) -> str:
     """What ended a switch, in one word an alert can match (BLOOM_TRIGGER)."""
     for prefix, word in (("probation: crash", "crash"), ("probation: watchdog", "watchdog"),
                          ("probation: journal", "journal"), ("probation: health check", "health-check"),
-                         ("probation: still", "health-check"), ("rollback requested", "operator"),
+                         ("rollback requested", "operator"),
                          ("the host rebooted", "reboot"), ("the agent restarted", "agent-restart"),
                          ("probation:", "probation")):
         if reason.startswith(prefix):
