@@ -25,7 +25,7 @@ from bloom_agent.errors import BloomError, Busy, ConfigError, InstallError, Inva
 from bloom_agent.store import releases
 from bloom_agent.store import versions
 from bloom_agent.store.releases import Upload
-from bloom_agent.store.state import StateStore
+from bloom_agent.store.state import StateStore, seconds_between
 from bloom_agent.systemd.adapter import Systemd
 from bloom_agent.systemd.unitfiles import UnitWriter
 from bloom_agent.watch.checks import Target, run_check
@@ -487,7 +487,7 @@ class AppManager:
         while (holder := self._holders.get(name)) is not None and holder.task is None:
             await asyncio.sleep(WAIT_POLL_SEC)  # an install, or a deploy's install, before its switch
         if holder is None:
-            row = next((r for r in self.store.history(name, 1000) if r["action"] in ("switch", "rollback")), None)
+            row = self.store.last_switch(name)
             if row is None:
                 raise ReleaseError(f"{name} has no switch or rollback to wait for", hint=f"see: bloomctl history {name}")
             outcome = row["outcome"] or row["step"]
@@ -507,7 +507,7 @@ class AppManager:
         """One deployment (the newest switch or rollback by default) with its steps and their times."""
         self.app(name)
         if deployment is None:
-            row = next((r for r in self.store.history(name, 1000) if r["action"] in ("switch", "rollback")), None)
+            row = self.store.last_switch(name)
             if row is None:
                 raise ReleaseError(f"{name} has no switch or rollback yet", hint=f"see: bloomctl history {name}")
         else:
@@ -516,7 +516,7 @@ class AppManager:
                 raise ReleaseError(f"{name} has no deployment {deployment}", hint=f"see: bloomctl history {name}")
         steps = self.store.steps(row["id"])
         for step, following in zip(steps, steps[1:] + [None]):
-            step["seconds"] = _seconds_between(step["at"], following["at"]) if following else None
+            step["seconds"] = round(seconds_between(step["at"], following["at"]), 3) if following else None
         return {"id": row["id"], "app": name, "action": row["action"], "version": row["version"],
                 "from": row["from_version"], "outcome": row["outcome"] or row["step"], "reason": row["reason"],
                 "caller": row["caller"], "started_at": row["started_at"], "finished_at": row["finished_at"],
@@ -613,10 +613,6 @@ def _log_rollback_failure(outcome: Outcome) -> None:
                 f"{outcome.app}: rollback failed, app degraded: {outcome.reason} "
                 f"(switch {outcome.from_version} -> {outcome.version}; serving {outcome.serving})",
                 outcome.app, outcome.version, outcome.deployment)
-
-
-def _seconds_between(earlier: str, later: str) -> float:
-    return round((datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds(), 3)
 
 
 def _good_order(store: StateStore, name: str):

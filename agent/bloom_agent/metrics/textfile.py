@@ -14,6 +14,7 @@ from pathlib import Path
 from bloom_agent import __version__
 from bloom_agent.deploy.manager import AppManager
 from bloom_agent.deploy.switcher import trigger
+from bloom_agent.store.state import seconds_between
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class TextfileExporter:
             errors.labels(name).set(self.apps.switcher.journal_rates.get(name, 0))
             for row in self.apps.store.finished_switches(name):
                 deployments.labels(name, row["action"], row["outcome"]).inc()
-                seconds = _seconds(row["started_at"], row["finished_at"])
+                seconds = max(seconds_between(row["started_at"], row["finished_at"]), 0.0)
                 durations.labels(name, row["action"], row["outcome"]).observe(seconds)
                 if row["outcome"] in ("rolled-back", "failed"):
                     rollbacks.labels(name, trigger(row["reason"])).inc()
@@ -97,6 +98,3 @@ def _state(status: dict) -> str:
         return "switching" if status["serving"] else "stopped"
     return "serving" if status["serving"] else "stopped"
 
-
-def _seconds(began: str, ended: str) -> float:
-    return max((datetime.fromisoformat(ended) - datetime.fromisoformat(began)).total_seconds(), 0.0)

@@ -381,16 +381,15 @@ def remove_staging_leftovers(app: AppConfig) -> list[Path]:
 
 def remove_all(app: AppConfig) -> None:
     """The app's whole releases directory (an app taken off the host)."""
-    if app.releases_dir.is_dir():
-        doomed = app.releases_dir.with_name(f"{STAGING_PREFIX}removed-app-{app.name}-{os.getpid()}")
-        os.rename(app.releases_dir, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+    _discard(app.releases_dir, app.releases_dir.with_name(f"{STAGING_PREFIX}removed-app-{app.name}-{os.getpid()}"))
 
 
 def remove_release(app: AppConfig, instance: str) -> None:
-    path = app.releases_dir / instance
+    _discard(app.releases_dir / instance, app.releases_dir / f"{STAGING_PREFIX}removed-{instance}-{os.getpid()}")
+
+
+def _discard(path: Path, doomed: Path) -> None:
+    # Renamed first, so a half-deleted tree never looks like an installed release.
     if path.is_dir():
-        # Rename first so a half-deleted tree never looks like an installed release.
-        doomed = app.releases_dir / f"{STAGING_PREFIX}removed-{instance}-{os.getpid()}"
         os.rename(path, doomed)
         shutil.rmtree(doomed, ignore_errors=True)

@@ -90,6 +90,11 @@ def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def seconds_between(earlier: str, later: str) -> float:
+    """Between two of the store's timestamps (utcnow's form)."""
+    return (datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds()
+
+
 class StateStore:
     def __init__(self, path: Path, boot_id: Callable[[], str] = lambda: "") -> None:
         self.path = path
@@ -216,6 +221,12 @@ class StateStore:
     def history(self, app: str, limit: int = 100) -> list[dict]:
         return [dict(r) for r in self._db.execute(
             "SELECT * FROM deployments WHERE app = ? ORDER BY id DESC LIMIT ?", (app, limit))]
+
+    def last_switch(self, app: str) -> dict | None:
+        """The app's newest switch or rollback, finished or not."""
+        row = self._db.execute("SELECT * FROM deployments WHERE app = ? AND action IN ('switch', 'rollback') "
+                               "ORDER BY id DESC LIMIT 1", (app,)).fetchone()
+        return dict(row) if row else None
 
     def serving_changes(self, app: str) -> list[dict]:
         """Switches and rollbacks that ended on their release, newest first: who served after whom."""
