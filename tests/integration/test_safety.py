@@ -435,3 +435,16 @@ def test_app_remove_leaves_nothing_of_the_app(safe):
     assert safe.host.run("curl -sS --max-time 5 http://127.0.0.1:8097/").rc != 0, "the socket is closed"
     assert safe.bloomctl("status gone").rc == 1
     assert safe.bloomctl("status safe").rc == 0, "the other apps go on"
+
+
+def test_a_version_that_is_not_semantic_and_check_config_of_app_files(safe):
+    """A timestamp version, read from the file name, becomes a unit and a directory; --check-config
+    reads the app files as the running agent does."""
+    built = safe.release("2.7.0")  # the sample app's files; the name below gives the version
+    safe.host.check_output(f"cp {built} /root/releases/safe-20261201-1530.tar.gz")
+    out = safe.bloomctl("deploy safe /root/releases/safe-20261201-1530.tar.gz")
+    assert out.rc == 0, out.stderr
+    assert safe.status()["running"] == ["safe@20261201-1530.service"]
+    assert safe.host.file("/var/lib/bloom/releases/safe/20261201-1530").is_directory
+    checked = safe.host.run("bloom-agent --check-config")
+    assert checked.rc == 0 and "/etc/bloom/apps/safe.toml: OK" in checked.stdout, checked.stdout + checked.stderr
