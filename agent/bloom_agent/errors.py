@@ -103,6 +103,12 @@ class StateError(BloomError):
     code = "state"
 
 
+class DatabaseError(BloomError):
+    """A backup, a migration or a restore of an app's database did not succeed."""
+
+    code = "database"
+
+
 class SystemdUnavailable(BloomError):
     code = "systemd_unavailable"
 
@@ -130,6 +136,7 @@ _BY_CODE = {
         ReleaseError,
         InstallError,
         StateError,
+        DatabaseError,
         SystemdUnavailable,
         SystemdCallFailed,
     )

@@ -1,15 +1,23 @@
 import pytest
 
 from bloom_agent.deploy.deployment import (
-    FAIL, FIRST_STEP, OK, OUTCOMES, RESUME_AFTER_RESTART, TERMINAL, TRANSITIONS, InvalidTransition, Step, next_step,
-    serving_version,
+    BROKEN, FAIL, FIRST_STEP, OK, OUTCOMES, RESUME_AFTER_RESTART, TERMINAL, TRANSITIONS, InvalidTransition, Step,
+    next_step, serving_version, settle,
 )
 
+DATABASE_STEPS = {Step.PREPARING, Step.UNDOING_PAST, Step.BACKING_UP, Step.MIGRATING, Step.UNDOING_MIGRATION,
+                  Step.ROLLING_BACK_DATABASE}
+# An app without pre_switch commands or a database: the steps of the plain switch.
+PLAIN = DATABASE_STEPS.__contains__
+# A switch that migrates (and so has a migration to undo).
+MIGRATES = {Step.PREPARING, Step.UNDOING_PAST}.__contains__
 
-def walk(results):
-    step, path = FIRST_STEP, [FIRST_STEP]
+
+def walk(results, skip=PLAIN):
+    step = settle(FIRST_STEP, skip)
+    path = [step]
     for result in results:
-        step = next_step(step, result)
+        step = next_step(step, result, skip)
         path.append(step)
     return path
 
@@ -17,6 +25,36 @@ def walk(results):
 def test_happy_path():
     assert walk([OK] * 6) == [Step.STARTING, Step.CHECKING, Step.STOPPING_OLD, Step.POINTING, Step.PROBATION,
                               Step.BLESSING, Step.DONE]
+
+
+def test_a_switch_that_migrates_backs_up_first():
+    assert walk([OK] * 8, MIGRATES) == [Step.BACKING_UP, Step.MIGRATING, Step.STARTING, Step.CHECKING,
+                                        Step.STOPPING_OLD, Step.POINTING, Step.PROBATION, Step.BLESSING, Step.DONE]
+
+
+def test_pre_switch_commands_come_first_and_refuse_without_changing_anything():
+    path = walk([FAIL, OK], skip={Step.UNDOING_PAST, Step.BACKING_UP, Step.MIGRATING, Step.UNDOING_MIGRATION}.__contains__)
+    assert path == [Step.PREPARING, Step.REVERTING, Step.FAILED]
+
+
+def test_a_failed_backup_refuses_the_switch():
+    assert walk([FAIL, OK], MIGRATES) == [Step.BACKING_UP, Step.REVERTING, Step.FAILED]
+
+
+@pytest.mark.parametrize("ok_before", [1, 2, 3])  # the migration, the start, or the checks fail
+def test_a_failure_after_the_migration_undoes_it_before_handing_back(ok_before):
+    path = walk([OK] * ok_before + [FAIL, OK, OK], MIGRATES)
+    assert path[-3:] == [Step.UNDOING_MIGRATION, Step.REVERTING, Step.FAILED]
+
+
+def test_a_rollback_in_probation_undoes_the_migration_then_starts_old():
+    path = walk([OK] * 6 + [FAIL, OK, OK], MIGRATES)
+    assert path[-4:] == [Step.PROBATION, Step.ROLLING_BACK_DATABASE, Step.ROLLING_BACK, Step.ROLLED_BACK]
+
+
+def test_a_way_back_that_breaks_is_degraded_from_any_step():
+    assert walk([OK, FAIL, BROKEN], MIGRATES)[-1] == Step.DEGRADED
+    assert walk([OK] * 6 + [FAIL, BROKEN], MIGRATES)[-1] == Step.DEGRADED
 
 
 @pytest.mark.parametrize("fail_at", [0, 1])
@@ -60,9 +98,14 @@ def test_every_step_that_does_io_can_fail():
 
 
 def test_resume_before_old_stopped_goes_back_to_old():
-    for step in (Step.STARTING, Step.CHECKING):
-        assert RESUME_AFTER_RESTART[step] == Step.REVERTING
+    for step in (Step.MIGRATING, Step.STARTING, Step.CHECKING):
+        assert settle(RESUME_AFTER_RESTART[step], PLAIN) == Step.REVERTING
+        assert RESUME_AFTER_RESTART[step] == Step.UNDOING_MIGRATION  # when a migration ran, it is undone first
         assert serving_version(step, "1.0.0", "2.0.0") == "1.0.0"
+    for step in (Step.PREPARING, Step.BACKING_UP):  # nothing has changed yet
+        assert RESUME_AFTER_RESTART[step] == Step.REVERTING
+    for step in (Step.UNDOING_PAST, Step.UNDOING_MIGRATION, Step.ROLLING_BACK_DATABASE):  # an undo runs again
+        assert RESUME_AFTER_RESTART[step] == step
     for step in (Step.STOPPING_OLD, Step.POINTING, Step.PROBATION, Step.BLESSING):
         assert RESUME_AFTER_RESTART[step] == step
         assert serving_version(step, "1.0.0", "2.0.0") == "2.0.0"

@@ -13,10 +13,11 @@ ALLOWED = {
     "store": {"errors", "config"},
     "systemd": {"errors", "config"},
     "watch": {"errors", "config", "systemd"},
-    "deploy": {"errors", "config", "store", "systemd", "watch", "control.auth"},
+    "database": {"errors", "config", "store", "watch"},
+    "deploy": {"errors", "config", "store", "systemd", "watch", "database", "control.auth"},
     "control": {"errors"},
     "metrics": {"errors", "config", "store", "systemd", "watch", "deploy"},
-    "daemon": {"errors", "config", "store", "systemd", "watch", "deploy", "control", "metrics"},
+    "daemon": {"errors", "config", "store", "systemd", "watch", "database", "deploy", "control", "metrics"},
     "cli": {"errors", "control.client", "control.protocol"},
 }
 

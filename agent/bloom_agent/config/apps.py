@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bloom_agent.config.checks import TRIP_SLACK_SEC, CheckSpec, parse_checks
+from bloom_agent.config.database import DatabaseConfig, parse_database
 from bloom_agent.config.schema import Field, check_non_negative, check_positive, parse_table, read_toml
 from bloom_agent.errors import ConfigError
 
@@ -178,6 +179,11 @@ APP_FIELDS = [
           help="probation: journal lines matching one count as errors, whatever their priority"),
     Field("health_check", list, [], kind="array of tables", shown_default="none",
           help="[health checks](#health-checks)"),
+    Field("pre_switch", list, [], _check_commands, kind="list of command strings",
+          help="run before a deploy starts the new release, in its directory as the app's `user`; one "
+               "that fails refuses the switch"),
+    Field("database", dict, None, kind="table", shown_default="none",
+          help="[the database a release migrates](#database)"),
     # Hooks: shell commands run with the event as JSON on stdin.
     Field("on_switch", list, [], _check_commands, kind="list of command strings",
           help="[hooks](#hooks): after a switch that ended `done`"),
@@ -220,6 +226,12 @@ class AppConfig:
     on_switch: tuple[str, ...]
     on_rollback: tuple[str, ...]
     on_rollback_failure: tuple[str, ...]
+    pre_switch: tuple[str, ...]
+    database: DatabaseConfig | None
+
+    @property
+    def migrates(self) -> bool:
+        return bool(self.database and self.database.migrate)
 
     @property
     def argv(self) -> list[str]:
@@ -254,6 +266,11 @@ def load_app(path: Path, releases_root: Path = DEFAULT_RELEASES_ROOT) -> AppConf
         if field.required and values[field.name] is None:
             raise ConfigError(f"{path}: missing required key '{field.name}'", hint=_EXAMPLE)
     checks = parse_checks(values.pop("health_check"), path, tuple(values["listen"]))
+    if values["database"] is not None:
+        values["database"] = parse_database(values["database"], path, values["user"])
+    if values["pre_switch"] and not values["user"]:
+        raise ConfigError(f"{path}: pre_switch commands run as the app's user, and 'user' is not set",
+                          hint='set user = "NAME" (an existing system user)')
     own_dir = values.pop("releases_dir")
     releases_dir = Path(own_dir) if own_dir else releases_root / name
     # TOML lists become tuples: an AppConfig is compared and hashed as a value.

@@ -12,12 +12,14 @@ import re
 from bloom_agent.config.agent import AGENT_FIELDS
 from bloom_agent.config.apps import APP_FIELDS
 from bloom_agent.config.checks import CHECK_FIELDS
+from bloom_agent.config.database import DATABASE_FIELDS
 from bloom_agent.config.schema import Field
 
 TABLES: dict[str, tuple[list[Field], tuple[str, ...]]] = {
     "agent": (AGENT_FIELDS, ("key", "type", "default", "meaning", "applied")),
     "app": (APP_FIELDS, ("key", "type", "default", "meaning")),
     "health_check": (CHECK_FIELDS, ("key", "type", "default", "for", "meaning")),
+    "database": (DATABASE_FIELDS, ("key", "type", "default", "meaning")),
 }
 _BLOCK = re.compile(r"(<!-- reference: (\w+) -->\n).*?(<!-- /reference -->)", re.S)
 

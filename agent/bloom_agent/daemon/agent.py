@@ -28,6 +28,7 @@ from bloom_agent.control.server import ControlServer, unknown_command
 from bloom_agent.daemon import commands
 from bloom_agent.daemon import logs
 from bloom_agent.daemon.notify import Notifier
+from bloom_agent.database.guard import DatabaseGuard
 from bloom_agent.deploy.manager import AppManager
 from bloom_agent.deploy.switcher import Journal
 from bloom_agent.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, BloomError, ConfigError, InvalidArguments
@@ -96,7 +97,8 @@ class Agent:
 
     async def _run(self) -> int:
         self.apps = AppManager(self.paths.apps_dir, self.paths.releases_dir, self.store, self._connect_systemd(),
-                               UnitWriter.for_paths(self.paths), self._journal)
+                               UnitWriter.for_paths(self.paths), self._journal,
+                               DatabaseGuard(self.store, self.paths.state_dir))
         self.metrics = TextfileExporter(self.paths.metrics_dir, self.apps)
         self.apps.on_change = self.metrics.write
         try:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from bloom_agent.config.apps import AppConfig, describe, load_apps, probation_warnings, refuse_shared_addresses
 from bloom_agent.control.auth import Caller
+from bloom_agent.database.guard import DatabaseGuard
 from bloom_agent.deploy import events
 from bloom_agent.deploy.deployment import OUTCOMES, Step
 from bloom_agent.deploy.hooks import run_hooks
@@ -54,13 +55,14 @@ class Holder:
 
 class AppManager:
     def __init__(self, apps_dir: Path, releases_root: Path, store: StateStore, systemd: Systemd,
-                 units: UnitWriter, journal: Journal = Journal()) -> None:
+                 units: UnitWriter, journal: Journal = Journal(), database: DatabaseGuard | None = None) -> None:
         self.apps_dir = apps_dir
         self.releases_root = releases_root
         self.store = store
         self.systemd = systemd
         self.units = units
-        self.switcher = Switcher(systemd, store, units, journal)
+        self.database = database
+        self.switcher = Switcher(systemd, store, units, journal, database)
         self.apps: dict[str, AppConfig] = {}
         self.app_errors: dict[str, str] = {}
         self.app_warnings: list[str] = []

@@ -10,12 +10,15 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from bloom_agent.config.apps import AppConfig
 from bloom_agent.deploy import events, failpoints
-from bloom_agent.deploy.deployment import (FAIL, LEFT, OK, OUTCOMES, RESUME_AFTER_RESTART, TERMINAL, Deployment, Outcome,
-                                          Step, next_step)
+from bloom_agent.database.guard import TO_UNDO, DatabaseGuard
+from bloom_agent.deploy.deployment import (BROKEN, FAIL, FIRST_STEP, LEFT, OK, OUTCOMES, RESUME_AFTER_RESTART, TERMINAL,
+                                          Deployment, Outcome, Step, next_step, settle)
+from bloom_agent.errors import DatabaseError
 from bloom_agent.store import versions
 from bloom_agent.store.state import StateStore
 from bloom_agent.systemd import unitfailure
@@ -27,6 +30,9 @@ from bloom_agent.watch.checks import Target, run_check
 log = logging.getLogger(__name__)
 
 Progress = Callable[[dict], None]
+# A rollback's step record once it has undone migrations: from then on the release it left no longer
+# fits the database.
+UNDONE = "undone: "
 # Longest wait for the agent's own stop when the host shuts down during a probation.
 SHUTDOWN_WAIT_SEC = 120.0
 
@@ -57,10 +63,12 @@ def trigger(reason: str) -> str:
 
 
 class Switcher:
-    def __init__(self, systemd: Systemd, store: StateStore, units: UnitWriter, journal: Journal = Journal()) -> None:
+    def __init__(self, systemd: Systemd, store: StateStore, units: UnitWriter, journal: Journal = Journal(),
+                 database: DatabaseGuard | None = None) -> None:
         self.systemd = systemd
         self.store = store
         self.units = units
+        self.database = database
         self.journal_monitor = journal.monitor
         self.journal_tail = journal.tail
         # Set when the agent stops: a step waiting for that (see _probation) leaves the deployment to
@@ -77,10 +85,12 @@ class Switcher:
 
     def begin(self, app: AppConfig, action: str, new: str, caller: str) -> Deployment:
         old = self.store.app_state(app.name)["current"]
-        dep_id = self.store.begin_deployment(app.name, action, new, old, str(Step.STARTING), caller)
+        dep_id = self.store.begin_deployment(app.name, action, new, old, str(FIRST_STEP), caller)
         events.emit(logging.INFO, events.STARTED, f"{app.name}: {action} {old or '-'} -> {new} started by {caller}",
                     app.name, new, dep_id, BLOOM_FROM=old or "", BLOOM_CALLER=caller)
-        return Deployment(id=dep_id, app=app, action=action, new=new, old=old, caller=caller)
+        dep = Deployment(id=dep_id, app=app, action=action, new=new, old=old, caller=caller)
+        dep.step = settle(FIRST_STEP, lambda step: self.skips(dep, step))
+        return dep
 
     def resumed(self, app: AppConfig, row: dict) -> Deployment:
         dep = Deployment(id=row["id"], app=app, action=row["action"], new=row["version"], old=row["from_version"],
@@ -90,11 +100,12 @@ class Switcher:
         if row["boot_id"] and row["boot_id"] != self.store.boot_id() and step in (Step.STOPPING_OLD, Step.POINTING,
                                                                         Step.PROBATION):
             # Not blessed when the host went down: like an Erlang release never made permanent, go back.
-            dep.step = Step.ROLLING_BACK
+            dep.step = Step.ROLLING_BACK_DATABASE
             dep.reason = f"the host rebooted during step {step}; back on the last good release"
         else:
             dep.step = RESUME_AFTER_RESTART[step]
-            if dep.step is Step.REVERTING and step is not Step.REVERTING:
+            if dep.step in (Step.UNDOING_MIGRATION, Step.REVERTING) and step not in (Step.UNDOING_MIGRATION,
+                                                                                     Step.REVERTING):
                 dep.reason = f"the agent restarted during step {step}"
         log.warning("%s: deployment %d was in step %s when the agent stopped; resuming at %s", app.name, dep.id,
                     step, dep.step, extra=dep.fields)
@@ -102,7 +113,8 @@ class Switcher:
 
     async def run(self, dep: Deployment, progress: Progress = no_progress) -> Outcome | None:
         """Run the steps to a terminal one; None when a step leaves the deployment to the next start."""
-        step = dep.step
+        skip = lambda step: self.skips(dep, step)  # noqa: E731
+        step = settle(dep.step, skip)
         while step not in TERMINAL:
             dep.step = step
             self.store.record_step(dep.id, str(step))  # written before the step's I/O
@@ -125,7 +137,7 @@ class Switcher:
                 log.warning("%s: deployment %d left in step %s for the next start", dep.app.name, dep.id, step,
                             extra=dep.fields)
                 return None
-            step = next_step(step, result)
+            step = next_step(step, result, skip)
         dep.step = step
         outcome, exit_code = OUTCOMES[step]
         self.store.finish_deployment(dep.id, str(step), outcome, dep.reason)
@@ -141,7 +153,151 @@ class Switcher:
         return Outcome(dep.id, dep.app.name, dep.action, dep.new, dep.old, outcome, exit_code, dep.reason, serving,
                        dep.timings)
 
-    # -- steps: each returns OK or FAIL -------------------------------------------------------
+    def skips(self, dep: Deployment, step: Step) -> bool:
+        """Whether ``step`` does not apply to this deployment (deployment.py passes over it)."""
+        app = dep.app
+        if step is Step.PREPARING:
+            return not (app.pre_switch and dep.action == "switch")
+        if step is Step.UNDOING_PAST:
+            return not (app.database and dep.action == "rollback" and dep.old)
+        if step in (Step.BACKING_UP, Step.MIGRATING):
+            return not (app.migrates and dep.action == "switch")
+        if step is Step.UNDOING_MIGRATION and dep.action == "rollback":
+            return not any(s["step"] == str(Step.UNDOING_PAST) and s["detail"].startswith(UNDONE)
+                           for s in self.store.steps(dep.id))
+        if step in (Step.UNDOING_MIGRATION, Step.ROLLING_BACK_DATABASE):
+            migration = self.store.migration_of(dep.id)
+            return not (app.database and migration and migration["state"] in TO_UNDO)
+        return False
+
+    def release_dir(self, app: AppConfig, version: str) -> Path:
+        return app.releases_dir / versions.instance(version)
+
+    # -- steps: each returns OK or FAIL (or BROKEN, the way back failed) -----------------------
+
+    async def _preparing(self, dep: Deployment) -> str:
+        for command in dep.app.pre_switch:
+            try:
+                await self._guard().command(dep.app, "pre_switch", command, dep.new,
+                                            self.release_dir(dep.app, dep.new), dep.app.ready_timeout_sec)
+            except DatabaseError as err:
+                return self._fail(dep, err.message.replace("pre_switch", "pre_switch command", 1)
+                                  + "; the switch is refused, nothing changed")
+        return OK
+
+    def _guard(self) -> DatabaseGuard:
+        if self.database is None:
+            raise RuntimeError("this agent was built without a database guard")
+        return self.database
+
+    async def _backing_up(self, dep: Deployment) -> str:
+        app, guard = dep.app, self._guard()
+        try:
+            pending = await guard.pending(app, dep.new, self.release_dir(app, dep.new))
+        except DatabaseError as err:
+            return self._fail(dep, f"{err.message}; the switch is refused, nothing changed")
+        if not pending:
+            log.info("%s: %s has no migrations pending; no backup", app.name, dep.new, extra=dep.fields)
+            return OK
+        try:
+            backup = await guard.take_backup(app, dep.id, dep.old, f"before-{versions.instance(dep.new)}")
+        except DatabaseError as err:
+            if app.database.backup_required:
+                return self._fail(dep, f"{err.message}; the switch is refused, nothing changed")
+            log.warning("%s: %s; migrating without a backup (database.backup_required = false)", app.name,
+                        err.message, extra=dep.fields)
+            backup = None
+        self.store.begin_migration(app.name, dep.id, dep.new, dep.old, backup["id"] if backup else None)
+        guard.prune(app, guard.needed_backups(app, self.store.app_state(app.name)["last_good"]))
+        return OK
+
+    async def _migrating(self, dep: Deployment) -> str:
+        migration = self.store.migration_of(dep.id)
+        if migration is None:
+            return OK  # nothing pending
+        try:
+            await self._guard().migrate(dep.app, migration["id"], dep.new, self.release_dir(dep.app, dep.new))
+        except DatabaseError as err:
+            return self._fail(dep, f"migration failed: {err.message}")
+        return OK
+
+    async def _undoing_past(self, dep: Deployment) -> str:
+        """A rollback past releases that migrated: OLD stops (nothing may use the schema it needs while
+        it is taken away), their migrations are undone, newest first; NEW then starts on its own schema."""
+        app = dep.app
+        past = self.store.applied_since(app.name, dep.new)
+        if not past:
+            return OK
+        stopped = False
+
+        async def stop_old() -> None:
+            nonlocal stopped
+            stopped = True
+            await self.retire(dep.old_unit)
+
+        if app.database.rollback_strategy != "skip":
+            await stop_old()  # migrate_down too: OLD would run on a schema going away under it
+        try:
+            done = await self._guard().undo(app, past, lambda v: self.release_dir(app, v), stop_old)
+        except DatabaseError as err:
+            return await self._database_broken(dep, err, dep.old_unit if stopped else None)
+        if done:
+            self._note(dep, done)
+            self.store.record_step(dep.id, str(Step.UNDOING_PAST), UNDONE + done)
+        return OK
+
+    async def _undoing_migration(self, dep: Deployment) -> str:
+        """NEW never took over: it stops, and its migration is undone. OLD keeps serving through a
+        migrate_down (it has served through the migration too); a restore stops it until the backup is
+        back, and the socket holds new connections meanwhile."""
+        if dep.action == "rollback":
+            self._degrade(dep, f"the database was rolled back for {dep.new}, which then did not start; neither "
+                               f"release matches the database now")
+            return BROKEN
+        await self.retire(dep.new_unit)
+        stopped = []
+
+        async def stop_old() -> None:
+            if dep.old_unit:
+                stopped.append(dep.old_unit)
+                await self.retire(dep.old_unit)
+
+        return await self._undo(dep, stop_old, lambda: stopped[0] if stopped else None)
+
+    async def _rolling_back_database(self, dep: Deployment) -> str:
+        """NEW took over and failed: it stops before its migration is undone (its writes must not land
+        on a schema going back), then the next step starts OLD. Requests wait in the socket meanwhile.
+        If the undo fails, NEW comes back: the database is still the one it migrated."""
+        await self.retire(dep.new_unit)
+
+        async def nothing_else_writes() -> None:
+            return None
+
+        return await self._undo(dep, nothing_else_writes, lambda: dep.new_unit)
+
+    async def _undo(self, dep: Deployment, stop_writers: Callable, restart: Callable[[], str | None]) -> str:
+        app = dep.app
+        migration = self.store.migration_of(dep.id)
+        try:
+            done = await self._guard().undo(app, [migration], lambda v: self.release_dir(app, v), stop_writers)
+        except DatabaseError as err:
+            return await self._database_broken(dep, err, restart())
+        self._note(dep, done)
+        return OK
+
+    async def _database_broken(self, dep: Deployment, err: DatabaseError, restart: str | None) -> str:
+        """The database could not be brought back: start again what served before the undo began (the
+        restore is one transaction, so the database is still the one it ran on), and call an operator."""
+        why = f"database not rolled back: {err.message}"
+        if restart:
+            await self.systemd.start(restart)
+            why += f"; {restart} started again on the database as it is"
+        self._degrade(dep, why)
+        return BROKEN
+
+    def _note(self, dep: Deployment, text: str) -> None:
+        dep.reason = f"{dep.reason}; {text}" if dep.reason else text
+        self.store.set_deployment_reason(dep.id, dep.reason)
 
     async def _reload(self, dep: Deployment) -> None:
         began = time.monotonic()

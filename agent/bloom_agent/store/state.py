@@ -71,6 +71,36 @@ MIGRATIONS = [
     """
     ALTER TABLE deployments ADD COLUMN boot_id TEXT NOT NULL DEFAULT '';
     """,
+    # 4: database backups and the migrations each deployment ran, so that a rollback can undo them.
+    """
+    CREATE TABLE backups (
+        id INTEGER PRIMARY KEY,
+        app TEXT NOT NULL,
+        deployment INTEGER REFERENCES deployments (id),
+        version TEXT,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        schema_sha256 TEXT NOT NULL,
+        taken_at TEXT NOT NULL,
+        seconds REAL NOT NULL,
+        deleted_at TEXT
+    );
+    CREATE INDEX backups_app ON backups (app, id);
+    CREATE TABLE migrations (
+        id INTEGER PRIMARY KEY,
+        app TEXT NOT NULL,
+        deployment INTEGER NOT NULL REFERENCES deployments (id),
+        version TEXT NOT NULL,
+        from_version TEXT,
+        backup INTEGER REFERENCES backups (id),
+        state TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        started_at TEXT NOT NULL,
+        finished_at TEXT
+    );
+    CREATE INDEX migrations_app ON migrations (app, id);
+    """,
 ]
 
 
@@ -244,6 +274,55 @@ class StateStore:
             "WHERE d.app = ? AND d.action IN ('switch', 'rollback') AND d.finished_at IS NOT NULL "
             "AND d.outcome IN ('done', 'failed', 'rolled-back', 'degraded') "
             "GROUP BY d.id ORDER BY d.id", (app,))]
+
+    # -- database backups and migrations ----------------------------------------------------
+
+    def add_backup(self, app: str, deployment: int | None, version: str | None, path: str, size: int, sha256: str,
+                   schema_sha256: str, taken_at: str, seconds: float) -> int:
+        return self._db.execute(
+            "INSERT INTO backups (app, deployment, version, path, size, sha256, schema_sha256, taken_at, seconds) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (app, deployment, version, path, size, sha256, schema_sha256, taken_at, round(seconds, 3))).lastrowid
+
+    def backup(self, backup: int) -> dict | None:
+        row = self._db.execute("SELECT * FROM backups WHERE id = ?", (backup,)).fetchone()
+        return dict(row) if row else None
+
+    def backups(self, app: str) -> list[dict]:
+        """The app's backups still on disk, newest first."""
+        return [dict(r) for r in self._db.execute(
+            "SELECT * FROM backups WHERE app = ? AND deleted_at IS NULL ORDER BY id DESC", (app,))]
+
+    def backup_deleted(self, backup: int) -> None:
+        self._db.execute("UPDATE backups SET deleted_at = ? WHERE id = ?", (utcnow(), backup))
+
+    def begin_migration(self, app: str, deployment: int, version: str, from_version: str | None,
+                        backup: int | None) -> int:
+        return self._db.execute(
+            "INSERT INTO migrations (app, deployment, version, from_version, backup, state, started_at) "
+            "VALUES (?, ?, ?, ?, ?, 'running', ?)", (app, deployment, version, from_version, backup, utcnow())).lastrowid
+
+    def set_migration_state(self, migration: int, state: str, detail: str = "") -> None:
+        self._db.execute("UPDATE migrations SET state = ?, detail = ?, finished_at = ? WHERE id = ?",
+                         (state, detail, utcnow(), migration))
+
+    def migration_of(self, deployment: int) -> dict | None:
+        row = self._db.execute("SELECT * FROM migrations WHERE deployment = ? ORDER BY id DESC LIMIT 1",
+                               (deployment,)).fetchone()
+        return dict(row) if row else None
+
+    def migrations(self, app: str, limit: int = 100) -> list[dict]:
+        return [dict(r) for r in self._db.execute(
+            "SELECT * FROM migrations WHERE app = ? ORDER BY id DESC LIMIT ?", (app, limit))]
+
+    def applied_since(self, app: str, version: str) -> list[dict]:
+        """Migrations still applied that came after ``version`` last began serving, newest first: what a
+        rollback to ``version`` has to undo."""
+        row = self._db.execute("SELECT MAX(id) FROM deployments WHERE app = ? AND version = ? AND outcome = 'done'",
+                               (app, version)).fetchone()
+        return [dict(r) for r in self._db.execute(
+            "SELECT * FROM migrations WHERE app = ? AND state = 'applied' AND deployment > ? ORDER BY id DESC",
+            (app, row[0] or 0))]
 
     def steps(self, deployment: int) -> list[dict]:
         return [dict(r) for r in self._db.execute(

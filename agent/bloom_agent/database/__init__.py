@@ -1,0 +1,1 @@
+"""Database safety: backups before migrations, the migrations, and undoing them on rollback."""

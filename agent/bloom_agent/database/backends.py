@@ -1,0 +1,146 @@
+"""Backing up and restoring one database, and a digest of its schema to check a restore against.
+
+PostgreSQL goes through its own tools, run as the app's user so that the connection is the app's
+(peer authentication, the app's grants): ``pg_dump --format=custom`` into a file the agent holds open,
+``pg_restore --clean --if-exists --single-transaction`` reading that file, so a restore that fails
+changes nothing. SQLite uses its online backup API, in a thread: a page-by-page copy that is safe
+while another connection writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sqlite3
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from bloom_agent.config.database import DatabaseConfig
+from bloom_agent.errors import DatabaseError
+from bloom_agent.watch.command import RunAs, run_program
+
+PG_DUMP, PG_RESTORE = "/usr/bin/pg_dump", "/usr/bin/pg_restore"
+
+
+class Backend(Protocol):
+    suffix: str
+
+    async def dump(self, dest: Path, timeout: float) -> None: ...
+
+    async def restore(self, source: Path, timeout: float) -> None: ...
+
+    async def schema_digest(self, timeout: float) -> str: ...
+
+
+class PostgresBackend:
+    suffix = ".pgdump"
+
+    def __init__(self, db: DatabaseConfig, run_as: RunAs) -> None:
+        self.db = db
+        self.run_as = run_as
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PGCONNECT_TIMEOUT": "10",
+               "PGAPPNAME": "bloom-agent"}
+        if self.db.passfile:
+            env["PGPASSFILE"] = self.db.passfile
+        return env
+
+    async def _run(self, argv: list[str], what: str, timeout: float, **files) -> None:
+        ran = await run_program(argv, env=self.env, timeout=timeout, run_as=self.run_as, **files)
+        if ran.returncode is None:
+            raise DatabaseError(f"{what} did not finish within {timeout:g} s (backup_timeout_sec)")
+        if ran.returncode:
+            raise DatabaseError(f"{what} exited with status {ran.returncode}: {_last_lines(ran.output)}")
+
+    async def dump(self, dest: Path, timeout: float) -> None:
+        with open(dest, "wb") as out:
+            await self._run([PG_DUMP, "--format=custom", "--dbname", self.db.url], "pg_dump", timeout, stdout=out)
+
+    async def restore(self, source: Path, timeout: float) -> None:
+        # The archive on stdin, from a file the agent opened: the app's user never reads the backup
+        # directory, and a regular file is seekable, as pg_restore wants for a custom archive.
+        with open(source, "rb") as archive:
+            await self._run([PG_RESTORE, "--clean", "--if-exists", "--single-transaction", "--exit-on-error",
+                             "--no-owner", "--dbname", self.db.url], "pg_restore", timeout, stdin=archive)
+
+    async def schema_digest(self, timeout: float) -> str:
+        with tempfile.TemporaryFile() as out:
+            await self._run([PG_DUMP, "--schema-only", "--no-owner", "--dbname", self.db.url],
+                            "pg_dump --schema-only", timeout, stdout=out)
+            out.seek(0)
+            return _digest(out.read().decode(errors="replace").splitlines())
+
+
+def _digest(lines: list[str]) -> str:
+    """The schema's statements, without what changes from one dump to the next: comments (they carry
+    versions) and the per-dump \\restrict key of newer pg_dump releases."""
+    kept = [line for line in lines if line.strip() and not line.startswith(("--", "\\restrict", "\\unrestrict"))]
+    return hashlib.sha256("\n".join(kept).encode()).hexdigest()
+
+
+class SqliteBackend:
+    suffix = ".sqlite3"
+
+    def __init__(self, db: DatabaseConfig) -> None:
+        self.path = Path(db.url)
+
+    async def dump(self, dest: Path, timeout: float) -> None:
+        if not self.path.is_file():
+            raise DatabaseError(f"SQLite database {self.path} does not exist")
+        await asyncio.to_thread(self._copy, f"file:{self.path}?mode=ro", str(dest), "backup")
+
+    async def restore(self, source: Path, timeout: float) -> None:
+        await asyncio.to_thread(self._copy, f"file:{source}?mode=ro", str(self.path), "restore")
+
+    @staticmethod
+    def _copy(source: str, dest: str, what: str) -> None:
+        # Run as root, SQLite gives a journal it creates the database file's owner, so the app can
+        # still open its database afterwards.
+        try:
+            src = sqlite3.connect(source, uri=True)
+            try:
+                dst = sqlite3.connect(dest)
+                try:
+                    dst.execute("PRAGMA busy_timeout = 10000")
+                    src.backup(dst)
+                finally:
+                    dst.close()
+            finally:
+                src.close()
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"SQLite {what} failed: {exc}") from exc
+
+    async def schema_digest(self, timeout: float) -> str:
+        return await asyncio.to_thread(self._schema)
+
+    def _schema(self) -> str:
+        try:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            try:
+                rows = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot read the schema of {self.path}: {exc}") from exc
+        return _digest([repr(row) for row in rows])
+
+
+def backend_for(db: DatabaseConfig, run_as: RunAs) -> Backend:
+    return PostgresBackend(db, run_as) if db.backend == "postgresql" else SqliteBackend(db)
+
+
+def _last_lines(output: str, count: int = 5) -> str:
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    return " | ".join(lines[-count:]) if lines else "no output"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
