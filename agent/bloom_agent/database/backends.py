@@ -89,8 +89,6 @@ class SqliteBackend:
         self.path = Path(db.url)
 
     async def dump(self, dest: Path, timeout: float) -> None:
-        if not self.path.is_file():
-            raise DatabaseError(f"SQLite database {self.path} does not exist")
         await asyncio.to_thread(self._copy, f"file:{self.path}?mode=ro", str(dest), "backup")
 
     async def restore(self, source: Path, timeout: float) -> None:
@@ -118,6 +116,8 @@ class SqliteBackend:
         return await asyncio.to_thread(self._schema)
 
     def _schema(self) -> str:
+        if not self.path.is_file():
+            raise DatabaseError(f"SQLite database {self.path} does not exist", hint="check database.url")
         try:
             conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
             try:

@@ -221,7 +221,7 @@ class Switcher:
             return self._fail(dep, f"migration failed: {err.message}")
         return OK
 
-    async def _undoing_past(self, dep: Deployment) -> str:
+    async def _undoing_migrations(self, dep: Deployment) -> str:
         """A rollback past releases that migrated: OLD stops (nothing may use the schema it needs while
         it is taken away), their migrations are undone, newest first; NEW then starts on its own schema."""
         app = dep.app
