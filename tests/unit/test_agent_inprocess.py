@@ -437,3 +437,45 @@ def test_app_remove_takes_an_app_off_the_host(tmp_path):
     assert host.systemd.unit("web@1.0.0.service").active_state == "inactive"
     assert ("disable", "web.socket") in host.systemd.calls
     assert host.systemd.unit("api@1.0.0.service").active_state == "active"
+
+
+def test_backups_over_the_control_socket_list_create_and_restore(tmp_path):
+    import os
+    import sqlite3
+
+    from bloom_agent.errors import DatabaseError
+
+    user = "root" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
+    database = tmp_path / "web.db"
+    db = sqlite3.connect(database)
+    db.execute("CREATE TABLE t (x)")
+    db.execute("INSERT INTO t VALUES ('before')")
+    db.commit()
+    host = InProcessAgent(tmp_path)
+    host.declare("web", 8080, extra=f'user = "{user}"\n[database]\nbackend = "sqlite"\nurl = "{database}"\n'
+                                     f'min_free_bytes = 0\n')
+    host.declare("plain", 8081)
+
+    async def scenario():
+        await host.start()
+        await host.call("deploy", {"app": "web", "tarball": host.tarball("web", "1.0.0")})
+        made = await host.call("backup-create", {"app": "web"})
+        db.execute("UPDATE t SET x = 'after'")
+        db.commit()
+        listed = await host.call("backup-list", {"app": "web"})
+        restored = await host.call("backup-restore", {"app": "web", "backup": made["id"]})
+        history = await host.call("history", {"app": "web"})
+        with pytest.raises(DatabaseError, match="plain has no \\[database\\] table"):
+            await host.call("backup-list", {"app": "plain"})
+        with pytest.raises(DatabaseError, match="web has no backup 99"):
+            await host.call("backup-restore", {"app": "web", "backup": 99})
+        await host.stop()
+        return made, listed, restored, history
+
+    made, listed, restored, history = run(scenario())
+    assert [b["id"] for b in listed] == [made["id"]] and made["version"] == "1.0.0"
+    assert restored["serving"] == "1.0.0" and "writes since then are gone" in restored["restored"]
+    assert db.execute("SELECT x FROM t").fetchall() == [("before",)]
+    assert history[0]["action"] == "restore" and history[0]["outcome"] == "done"
+    # The release was stopped for the restore and started again.
+    assert host.systemd.calls[-2:] == [("reset-failed", "web@1.0.0.service"), ("start", "web@1.0.0.service")]

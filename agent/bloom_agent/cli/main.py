@@ -278,8 +278,10 @@ def history(obj: Context, app: str, limit: int, as_json: bool) -> None:
         return
     click.echo(f"{'TIME (UTC)':<19} {'ACTION':<10} {'VERSION':<16} {'FROM':<16} {'OUTCOME':<12} {'BY':<10} REASON")
     for r in rows:
+        database = f" [backup {r['backup']}, migration {r['migration']}]" if r.get("backup") else (
+            f" [migration {r['migration']}]" if r.get("migration") else "")
         click.echo(f"{_when(r['started_at'])} {r['action']:<10} {r['version']:<16} {r['from'] or '-':<16} "
-                   f"{r['outcome']:<12} {r['caller']:<10} {r['reason']}")
+                   f"{r['outcome']:<12} {r['caller']:<10} {r['reason']}{database}")
 
 
 @cli.command()
@@ -310,6 +312,74 @@ def app_remove(obj: Context, app: str, yes: bool) -> None:
     result = obj.call("app-remove", {"app": app}, timeout=None)
     stopped = ", ".join(result["stopped"]) or "nothing was running"
     click.echo(f"removed {app} ({stopped}; {result['file']} deleted)")
+
+
+@cli.group("backup")
+def backup_group() -> None:
+    """An app's database backups (apps with a [database] table)."""
+
+
+@backup_group.command("list")
+@click.argument("app")
+@json_option
+@click.pass_obj
+def backup_list(obj: Context, app: str, as_json: bool) -> None:
+    """Show APP's backups on disk, newest first."""
+    rows = obj.call("backup-list", {"app": app})
+    if as_json:
+        _print_json(rows)
+        return
+    click.echo(f"{'ID':>4} {'TAKEN (UTC)':<19} {'OF':<16} {'DEPLOYMENT':>10} {'SIZE':>12}  PATH")
+    for r in rows:
+        click.echo(f"{r['id']:>4} {_when(r['taken_at'])} {r['version'] or '-':<16} {r['deployment'] or 'manual':>10} "
+                   f"{r['size']:>12,}  {r['path']}")
+
+
+@backup_group.command("create")
+@click.argument("app")
+@json_option
+@click.pass_obj
+def backup_create(obj: Context, app: str, as_json: bool) -> None:
+    """Back up APP's database now."""
+    row = obj.call("backup-create", {"app": app}, timeout=None)
+    if as_json:
+        _print_json(row)
+        return
+    click.echo(f"{app}: backup {row['id']} taken in {row['seconds']:g} s: {row['path']} ({row['size']:,} bytes)")
+
+
+@backup_group.command("restore")
+@click.argument("app")
+@click.argument("backup", type=int)
+@click.option("--yes", is_flag=True, help="Do not ask (for scripts).")
+@json_option
+@click.pass_obj
+def backup_restore(obj: Context, app: str, backup: int, yes: bool, as_json: bool) -> None:
+    """Put backup BACKUP of APP back: the serving release is stopped meanwhile; writes since the backup are lost."""
+    if not yes:
+        click.confirm(f"Restore backup {backup} of {app}? Its release stops meanwhile, and whatever was written "
+                      f"since the backup is lost.", abort=True, err=True)
+    result = obj.call("backup-restore", {"app": app, "backup": backup}, timeout=None)
+    if as_json:
+        _print_json(result)
+        return
+    click.echo(f"{app}: {result['restored']}; serving {result['serving'] or 'nothing'}")
+
+
+@cli.command()
+@click.argument("app")
+@json_option
+@click.pass_obj
+def migrations(obj: Context, app: str, as_json: bool) -> None:
+    """Show the migrations APP's switches ran, and what became of them, newest first."""
+    rows = obj.call("migrations", {"app": app})
+    if as_json:
+        _print_json(rows)
+        return
+    click.echo(f"{'TIME (UTC)':<19} {'DEPLOYMENT':>10} {'VERSION':<16} {'FROM':<16} {'BACKUP':>6} {'STATE':<8} DETAIL")
+    for r in rows:
+        click.echo(f"{_when(r['started_at'])} {r['deployment']:>10} {r['version']:<16} {r['from'] or '-':<16} "
+                   f"{r['backup'] or '-':>6} {r['state']:<8} {r['detail']}")
 
 
 @cli.command()

@@ -29,6 +29,7 @@ from bloom_agent.daemon import commands
 from bloom_agent.daemon import logs
 from bloom_agent.daemon.notify import Notifier
 from bloom_agent.database.guard import DatabaseGuard
+from bloom_agent.deploy.backups import DatabaseOperations
 from bloom_agent.deploy.manager import AppManager
 from bloom_agent.deploy.switcher import Journal
 from bloom_agent.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, BloomError, ConfigError, InvalidArguments
@@ -69,6 +70,7 @@ class Agent:
         self._signals: asyncio.Queue[int] = asyncio.Queue()
         self._stopping = False
         self.apps: AppManager | None = None
+        self.database: DatabaseOperations | None = None
         self._reconciling: asyncio.Task | None = None
         self.control = ControlServer(
             sock,
@@ -96,9 +98,10 @@ class Agent:
         self._signals.put_nowait(signal.SIGTERM)
 
     async def _run(self) -> int:
+        guard = DatabaseGuard(self.store, self.paths.state_dir)
         self.apps = AppManager(self.paths.apps_dir, self.paths.releases_dir, self.store, self._connect_systemd(),
-                               UnitWriter.for_paths(self.paths), self._journal,
-                               DatabaseGuard(self.store, self.paths.state_dir))
+                               UnitWriter.for_paths(self.paths), self._journal, guard)
+        self.database = DatabaseOperations(self.apps, guard)
         self.metrics = TextfileExporter(self.paths.metrics_dir, self.apps)
         self.apps.on_change = self.metrics.write
         try:

@@ -145,6 +145,30 @@ async def health(agent: "Agent", caller: Caller, args: dict[str, Any], progress:
     return await agent.apps.health(a.get("app", str, required=True))
 
 
+async def backup_list(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,
+                      upload: Upload | None) -> list[dict]:
+    a = Args("backup-list", args, {"app"})
+    return agent.database.backups(a.get("app", str, required=True))
+
+
+async def backup_create(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,
+                        upload: Upload | None) -> dict[str, Any]:
+    a = Args("backup-create", args, {"app"})
+    return await agent.database.create(a.get("app", str, required=True), caller)
+
+
+async def backup_restore(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,
+                         upload: Upload | None) -> dict[str, Any]:
+    a = Args("backup-restore", args, {"app", "backup"})
+    return await agent.database.restore(a.get("app", str, required=True), a.get("backup", int, required=True), caller)
+
+
+async def migrations(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,
+                     upload: Upload | None) -> list[dict]:
+    a = Args("migrations", args, {"app"})
+    return agent.database.migrations(a.get("app", str, required=True))
+
+
 # Commands whose request carries the release tarball (protocol.py: upload).
 UPLOADS = frozenset({"install", "deploy"})
 
@@ -162,4 +186,8 @@ COMMANDS: dict[str, Handler] = {
     "show": show,
     "wait": wait,
     "app-remove": app_remove,
+    "backup-list": backup_list,
+    "backup-create": backup_create,
+    "backup-restore": backup_restore,
+    "migrations": migrations,
 }

@@ -8,12 +8,13 @@ outlive the agent; what was in flight when the agent died is found in the databa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from bloom_agent.config.apps import AppConfig, describe, load_apps, probation_warnings, refuse_shared_addresses
 from bloom_agent.control.auth import Caller
@@ -133,6 +134,15 @@ class AppManager:
     def _release(self, app: str, holder: Holder) -> None:
         if self._holders.get(app) is holder:
             del self._holders[app]
+
+    @contextlib.contextmanager
+    def holding(self, app: str, operation: str, caller: str) -> Iterator[Holder]:
+        """The app held for one operation (Busy if something else holds it)."""
+        holder = self._acquire(app, operation, caller)
+        try:
+            yield holder
+        finally:
+            self._release(app, holder)
 
     # -- install / remove -------------------------------------------------------------------------
 
@@ -477,9 +487,12 @@ class AppManager:
 
     def history(self, name: str, limit: int) -> list[dict]:
         self.app(name)
+        backups = {b["deployment"]: b["id"] for b in self.store.backups(name) if b["deployment"]}
+        migrations = {m["deployment"]: m["state"] for m in self.store.migrations(name, limit)}
         return [{"id": r["id"], "action": r["action"], "version": r["version"], "from": r["from_version"],
                  "outcome": r["outcome"] or r["step"], "reason": r["reason"], "caller": r["caller"],
-                 "started_at": r["started_at"], "finished_at": r["finished_at"]}
+                 "started_at": r["started_at"], "finished_at": r["finished_at"], "backup": backups.get(r["id"]),
+                 "migration": migrations.get(r["id"])}
                 for r in self.store.history(name, limit)]
 
     async def wait(self, name: str, progress: Progress = no_progress) -> dict:
