@@ -66,11 +66,12 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes | None, mode: int, mtime: 
 
 
 def make_release(version: str, out_dir, faults: dict | None = None, *,
-                 validate: bool = True) -> Path:
+                 validate: bool = True, files: dict[str, bytes] | None = None) -> Path:
     """Write sampleapp-VERSION.tar.gz and its .sha256 into out_dir; return the tarball's path.
 
     faults=None (or {}) builds a healthy release without faults.json.  validate=False lets
-    a test build a release whose faults.json the app rejects at start (exit code 2).
+    a test build a release whose faults.json the app rejects at start (exit code 2). ``files``
+    adds more files (relative path -> contents, 0644), e.g. the release's database migrations.
     """
     if not VERSION_RE.match(version):
         raise ReleaseError(f"bad version {version!r}: use letters, digits, '.', '_' and '-'")
@@ -91,6 +92,11 @@ def make_release(version: str, out_dir, faults: dict | None = None, *,
             if faults:
                 text = json.dumps(faults, indent=2, sort_keys=True) + "\n"
                 _add(tar, "faults.json", text.encode(), 0o644, mtime)
+            dirs = sorted({str(Path(name).parent) for name in files or {}} - {".", "bin"})
+            for directory in dirs:
+                _add(tar, directory, None, 0o755, mtime)
+            for name, data in sorted((files or {}).items()):
+                _add(tar, name, data, 0o644, mtime)
     data = payload.getvalue()
 
     tarball = out_dir / f"{NAME}-{version}.tar.gz"

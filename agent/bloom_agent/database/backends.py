@@ -1,9 +1,9 @@
 """Backing up and restoring one database, and a digest of its schema to check a restore against.
 
 PostgreSQL goes through its own tools, run as the app's user so that the connection is the app's
-(peer authentication, the app's grants): ``pg_dump --format=custom`` into a file the agent holds open,
-``pg_restore --clean --if-exists --single-transaction`` reading that file, so a restore that fails
-changes nothing. SQLite uses its online backup API, in a thread: a page-by-page copy that is safe
+(peer authentication, the app's grants): ``pg_dump --format=custom`` into a file the agent holds open;
+a restore is one psql transaction (what the user owns dropped, then ``pg_restore --clean``'s script),
+so a restore that fails changes nothing. SQLite uses its online backup API, in a thread: a page-by-page copy that is safe
 while another connection writes.
 """
 
@@ -21,7 +21,48 @@ from bloom_agent.config.database import DatabaseConfig
 from bloom_agent.errors import DatabaseError
 from bloom_agent.watch.command import RunAs, run_program
 
-PG_DUMP, PG_RESTORE = "/usr/bin/pg_dump", "/usr/bin/pg_restore"
+PG_DUMP, PG_RESTORE, PSQL = "/usr/bin/pg_dump", "/usr/bin/pg_restore", "/usr/bin/psql"
+
+# The start of a restore: every table, view, sequence, routine and type that the app's user owns
+# (outside extensions) goes, so that what the backup recreates meets nothing added since it was taken.
+DROP_OWNED_OBJECTS = r"""
+DO $bloom$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT n.nspname, c.relname, CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+               WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END AS kind
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND pg_has_role(c.relowner, 'MEMBER')
+          AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%'
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                          AND d.deptype = 'e')
+    LOOP
+        EXECUTE format('DROP %s IF EXISTS %I.%I CASCADE', r.kind, r.nspname, r.relname);
+    END LOOP;
+    FOR r IN
+        SELECT p.oid::regprocedure::text AS routine
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE pg_has_role(p.proowner, 'MEMBER') AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%'
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                          AND d.deptype = 'e')
+    LOOP
+        EXECUTE format('DROP ROUTINE IF EXISTS %s CASCADE', r.routine);
+    END LOOP;
+    FOR r IN
+        SELECT n.nspname, t.typname, CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END AS kind
+        FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+        WHERE (t.typtype IN ('e', 'd', 'r') OR (t.typtype = 'c' AND (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c'))
+          AND pg_has_role(t.typowner, 'MEMBER') AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%'
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid
+                          AND d.deptype = 'e')
+    LOOP
+        EXECUTE format('DROP %s IF EXISTS %I.%I CASCADE', r.kind, r.nspname, r.typname);
+    END LOOP;
+END
+$bloom$;
+"""
 
 
 class Backend(Protocol):
@@ -61,11 +102,20 @@ class PostgresBackend:
             await self._run([PG_DUMP, "--format=custom", "--dbname", self.db.url], "pg_dump", timeout, stdout=out)
 
     async def restore(self, source: Path, timeout: float) -> None:
-        # The archive on stdin, from a file the agent opened: the app's user never reads the backup
-        # directory, and a regular file is seekable, as pg_restore wants for a custom archive.
-        with open(source, "rb") as archive:
-            await self._run([PG_RESTORE, "--clean", "--if-exists", "--single-transaction", "--exit-on-error",
-                             "--no-owner", "--dbname", self.db.url], "pg_restore", timeout, stdin=archive)
+        """One transaction, run by psql as the app's user: drop what the user owns (pg_restore --clean
+        drops only what the archive holds, and a table added since, with a foreign key into one of
+        those, would stop it), then the archive's script. The script is made by the agent from the
+        backup file, so the app's user never reads the backup directory."""
+        with tempfile.TemporaryFile(dir=source.parent) as script:
+            script.write(DROP_OWNED_OBJECTS.encode())
+            script.flush()
+            made = await run_program([PG_RESTORE, "--clean", "--if-exists", "--no-owner", "--file", "-", str(source)],
+                                     stdout=script, timeout=timeout, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+            if made.returncode != 0:
+                raise DatabaseError(f"pg_restore cannot read backup {source}: {_last_lines(made.output)}")
+            script.seek(0)
+            await self._run([PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "--dbname",
+                             self.db.url], "the restore (psql)", timeout, stdin=script)
 
     async def schema_digest(self, timeout: float) -> str:
         with tempfile.TemporaryFile() as out:

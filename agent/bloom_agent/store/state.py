@@ -318,8 +318,8 @@ class StateStore:
     def applied_since(self, app: str, version: str) -> list[dict]:
         """Migrations still applied that came after ``version`` last began serving, newest first: what a
         rollback to ``version`` has to undo."""
-        row = self._db.execute("SELECT MAX(id) FROM deployments WHERE app = ? AND version = ? AND outcome = 'done'",
-                               (app, version)).fetchone()
+        row = self._db.execute("SELECT MAX(id) FROM deployments WHERE app = ? AND version = ? AND outcome = 'done' "
+                               "AND action IN ('switch', 'rollback')", (app, version)).fetchone()
         return [dict(r) for r in self._db.execute(
             "SELECT * FROM migrations WHERE app = ? AND state = 'applied' AND deployment > ? ORDER BY id DESC",
             (app, row[0] or 0))]
