@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """The demo: a throwaway systemd machine, the .deb installed, an app deployed, switched under load,
-rolled back under load, and a bad release rolled back on its own.
+rolled back under load, a bad release rolled back on its own, and a release whose database migration
+is undone when it fails.
 
 Usage: scripts/demo.py [--deb dist/bloom-agent_X_all.deb] [--keep]
 """
@@ -27,6 +28,32 @@ probation_sec = 5
 ready_timeout_sec = 10
 """
 LOAD_SECONDS = 12
+
+# A second app with a SQLite database; its releases carry bin/migrate (examples/sampleapp/migrate.py).
+SHOP = """\
+listen = ["127.0.0.1:8090"]
+exec = "bin/sampleapp"
+user = "shop"
+probation_sec = 5
+ready_timeout_sec = 10
+read_write_paths = ["/var/lib/shop"]
+
+[database]
+backend = "sqlite"
+url = "/var/lib/shop/shop.db"
+migrate = "bin/migrate up"
+migrate_down = "bin/migrate down"
+pending = "bin/migrate pending"
+rollback_strategy = "down_first"
+"""
+ORDERS = {1: ("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT NOT NULL)", "DROP TABLE orders")}
+PRICES = {**ORDERS, 2: ("ALTER TABLE orders ADD COLUMN price INTEGER NOT NULL DEFAULT 0; "
+                        "CREATE TABLE refunds (id INTEGER PRIMARY KEY, amount INTEGER)",
+                        "DROP TABLE refunds; ALTER TABLE orders DROP COLUMN price")}
+SCHEMA = ("runuser -u shop -- python3 -c \"import sqlite3; db = sqlite3.connect('/var/lib/shop/shop.db'); "
+          "[print(name, [c[1] for c in db.execute(f'PRAGMA table_info({name})')]) for (name,) in "
+          "db.execute(\\\"SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name\\\")]; "
+          "print('orders:', db.execute('SELECT * FROM orders').fetchall())\"")
 
 
 def say(text: str) -> None:
@@ -116,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         say("releases and history")
         show(host.run("bloomctl releases web"))
         show(host.run("bloomctl history web"))
+
+        database_scene(m, host)
         if args.keep:
             say(f"machine kept: ssh -F {m.ssh_config} {m.hostname}")
             m = None
@@ -124,6 +153,34 @@ def main(argv: list[str] | None = None) -> int:
         if m is not None:
             say("tearing the machine down")
             m.destroy()
+
+
+def database_scene(m, host) -> None:
+    say("an app with a database: 'shop' keeps its orders in SQLite, and its releases migrate it")
+    host.run("useradd --system --home-dir /nonexistent --shell /usr/sbin/nologin shop && "
+             "install -d -o shop -g shop /var/lib/shop && "
+             "runuser -u shop -- python3 -c \"import sqlite3; sqlite3.connect('/var/lib/shop/shop.db').close()\"")
+    host.run(f"cat > /etc/bloom/apps/shop.toml <<'EOF'\n{SHOP}EOF")
+    show(host.run("cat /etc/bloom/apps/shop.toml && bloomctl reload"))
+    with tempfile.TemporaryDirectory() as tmp:
+        for version, migrations, faults in (("1.0.0", ORDERS, None), ("2.0.0", PRICES, {"crash_after_sec": 2})):
+            built = make_release(version, Path(tmp), faults=faults, migrations=migrations)
+            m.put(built, f"/root/releases/shop-{version}.tar.gz")
+    print("    shop-1.0.0.tar.gz: migration 001 creates 'orders'")
+    print("    shop-2.0.0.tar.gz: migration 002 adds a column and a table (bad: crashes 2 s after start)")
+
+    say("deploy shop 1.0.0: a backup, its migration, then the switch; then the app takes an order")
+    show(host.run("bloomctl deploy shop /root/releases/shop-1.0.0.tar.gz"))
+    host.run("runuser -u shop -- python3 -c \"import sqlite3; db = sqlite3.connect('/var/lib/shop/shop.db'); "
+             "db.execute(\\\"INSERT INTO orders (item) VALUES ('tea')\\\"); db.commit()\"")
+    show(host.run(SCHEMA))
+
+    say("deploy the bad shop 2.0.0: it migrates, crashes in probation, and the agent runs its migrate_down")
+    result = host.run("bloomctl deploy shop /root/releases/shop-2.0.0.tar.gz")
+    show(result)
+    print(f"    bloomctl exit code {result.rc}; the database afterwards (as before 2.0.0, the order kept):")
+    show(host.run(SCHEMA))
+    show(host.run("bloomctl migrations shop && bloomctl backup list shop"))
 
 
 if __name__ == "__main__":

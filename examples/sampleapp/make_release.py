@@ -25,6 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 APP_SOURCE = HERE / "sampleapp.py"
+MIGRATE_SOURCE = HERE / "migrate.py"
 NAME = "sampleapp"
 DEFAULT_MTIME = 1704067200          # 2024-01-01T00:00:00Z, for reproducible archives
 # A version ends up in a unit name (sampleapp@VERSION.service) and a file name.
@@ -66,12 +67,14 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes | None, mode: int, mtime: 
 
 
 def make_release(version: str, out_dir, faults: dict | None = None, *,
-                 validate: bool = True, files: dict[str, bytes] | None = None) -> Path:
+                 validate: bool = True, files: dict[str, bytes] | None = None,
+                 migrations: dict[int, tuple[str, str]] | None = None) -> Path:
     """Write sampleapp-VERSION.tar.gz and its .sha256 into out_dir; return the tarball's path.
 
     faults=None (or {}) builds a healthy release without faults.json.  validate=False lets
     a test build a release whose faults.json the app rejects at start (exit code 2). ``files``
-    adds more files (relative path -> contents, 0644), e.g. the release's database migrations.
+    adds more files (relative path -> contents, 0644). ``migrations`` ({number: (up SQL, down SQL)})
+    adds bin/migrate (migrate.py, a SQLite migration tool) and migrations/NNN.up.sql, NNN.down.sql.
     """
     if not VERSION_RE.match(version):
         raise ReleaseError(f"bad version {version!r}: use letters, digits, '.', '_' and '-'")
@@ -92,10 +95,16 @@ def make_release(version: str, out_dir, faults: dict | None = None, *,
             if faults:
                 text = json.dumps(faults, indent=2, sort_keys=True) + "\n"
                 _add(tar, "faults.json", text.encode(), 0o644, mtime)
-            dirs = sorted({str(Path(name).parent) for name in files or {}} - {".", "bin"})
+            files = dict(files or {})
+            if migrations:
+                _add(tar, "bin/migrate", MIGRATE_SOURCE.read_bytes(), 0o755, mtime)
+                for number, (up_sql, down_sql) in migrations.items():
+                    files[f"migrations/{number:03d}.up.sql"] = up_sql.encode()
+                    files[f"migrations/{number:03d}.down.sql"] = down_sql.encode()
+            dirs = sorted({str(Path(name).parent) for name in files} - {".", "bin"})
             for directory in dirs:
                 _add(tar, directory, None, 0o755, mtime)
-            for name, data in sorted((files or {}).items()):
+            for name, data in sorted(files.items()):
                 _add(tar, name, data, 0o644, mtime)
     data = payload.getvalue()
 

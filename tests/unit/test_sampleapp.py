@@ -375,3 +375,40 @@ def test_make_release_cli_rejects_bad_input(workdir):
         bad = subprocess.run([PYTHON, str(script), *args, "--out", str(workdir)],
                              capture_output=True, text=True)
         assert bad.returncode == 2, args
+
+
+def test_the_migration_tool_goes_up_and_back_down_to_what_the_target_release_ships(tmp_path):
+    import sqlite3
+
+    make_release = load_make_release().make_release
+    one = {1: ("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT)", "DROP TABLE orders")}
+    two = {**one, 2: ("ALTER TABLE orders ADD COLUMN price INTEGER; CREATE TABLE refunds (id INTEGER)",
+                      "DROP TABLE refunds; ALTER TABLE orders DROP COLUMN price")}
+    dirs = {}
+    for version, migrations in (("1.0.0", one), ("2.0.0", two)):
+        tarball = make_release(version, tmp_path / "out", migrations=migrations)
+        dirs[version] = tmp_path / version
+        dirs[version].mkdir()
+        with tarfile.open(tarball) as tar:
+            tar.extractall(dirs[version])  # our own tarball
+    env = {**os.environ, "BLOOM_DATABASE_URL": str(tmp_path / "app.db")}
+
+    def migrate(version, action, **extra):
+        return subprocess.run([PYTHON, str(dirs[version] / "bin/migrate"), action], env={**env, **extra},
+                              capture_output=True, text=True)
+
+    def tables():
+        db = sqlite3.connect(tmp_path / "app.db")
+        try:
+            return sorted(r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+        finally:
+            db.close()
+
+    assert migrate("1.0.0", "pending").returncode == 0
+    assert migrate("1.0.0", "up").stdout == "applied 001\n"
+    assert migrate("1.0.0", "pending").returncode == 1
+    assert migrate("2.0.0", "up").stdout == "applied 002\n"
+    assert tables() == ["orders", "refunds", "schema_migrations"]
+    out = migrate("2.0.0", "down", BLOOM_MIGRATE_TO="1.0.0", BLOOM_MIGRATE_TO_DIR=str(dirs["1.0.0"]))
+    assert out.returncode == 0 and out.stdout == "reverted 002 (back to 1.0.0)\n", out.stderr
+    assert tables() == ["orders", "schema_migrations"]
