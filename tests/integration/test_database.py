@@ -25,7 +25,7 @@ probation_sec = 3
 ready_timeout_sec = {ready}
 stop_timeout_sec = 10
 keep_releases = 30
-
+{top}
 [database]
 backend = "postgresql"
 url = "{url}"
@@ -61,9 +61,9 @@ class Shop:
         self.configure()
 
     def configure(self, strategy: str = "backup_only", keep: int = 10, free: int = 0, url: str = "postgresql:///shop",
-                  extra: str = "") -> None:
+                  extra: str = "", top: str = "") -> None:
         text = SHOP_FILE.format(ready=ready_timeout(self.machine, 5), url=url, psql=PSQL, strategy=strategy,
-                                keep=keep, free=free, extra=extra)
+                                keep=keep, free=free, extra=extra, top=top)
         self.host.check_output(f"cat > /etc/bloom/apps/shop.toml <<'EOF'\n{text}EOF")
         out = self.host.run("bloomctl reload")
         assert out.rc == 0 and not out.stderr.strip(), out.stderr
@@ -214,6 +214,24 @@ def test_a_backup_directory_without_room_gives_a_clear_error(shop):
         shop.configure()
         shop.sql("DROP TABLE IF EXISTS filler")
         shop.host.run("umount /srv/tiny")
+
+
+def test_pre_switch_commands_run_as_the_app_in_the_new_release_and_can_refuse(shop):
+    before, current = shop.snapshot(), status_json(shop.host, "shop")["current"]
+    shop.configure(top='pre_switch = ["id -un > /tmp/pre-switch.out; pwd >> /tmp/pre-switch.out", '
+                       '"echo cache not warm >&2; exit 4"]')
+    try:
+        out = shop.deploy("2.7.0")
+        assert out.rc == 3, out.stdout + out.stderr
+        assert "pre_switch command" in out.stderr and "exited with status 4: cache not warm" in out.stderr
+        assert "the switch is refused, nothing changed" in out.stderr
+        assert shop.host.check_output("cat /tmp/pre-switch.out").split() == ["shop",
+                                                                           "/var/lib/bloom/releases/shop/2.7.0"]
+        assert shop.json("history shop")[0]["backup"] is None  # refused before the backup
+    finally:
+        shop.configure()
+    assert shop.snapshot() == before
+    assert shop.serving() == f"sampleapp {current}"
 
 
 def test_a_manual_rollback_past_a_migration_puts_the_database_back(shop):

@@ -448,3 +448,16 @@ def test_a_version_that_is_not_semantic_and_check_config_of_app_files(safe):
     assert safe.host.file("/var/lib/bloom/releases/safe/20261201-1530").is_directory
     checked = safe.host.run("bloom-agent --check-config")
     assert checked.rc == 0 and "/etc/bloom/apps/safe.toml: OK" in checked.stdout, checked.stdout + checked.stderr
+
+
+def test_the_agent_reconnects_when_the_system_bus_restarts(safe):
+    """The broker drops every client when it restarts: the agent opens a new connection, with its
+    subscriptions, instead of failing its next call (or dying in its metrics writer)."""
+    pid = safe.host.check_output("systemctl show -P MainPID bloom-agent").strip()
+    safe.host.check_output("systemctl restart dbus.service")
+    wait_until(lambda: safe.bloomctl("status safe").rc == 0, 30, "bloomctl status after the bus restart")
+    assert safe.deploy("2.8.0").rc == 0, "a switch after the bus restart"
+    assert safe.serving() == "sampleapp 2.8.0"
+    assert safe.host.check_output("systemctl show -P MainPID bloom-agent").strip() == pid, "the agent did not restart"
+    log = safe.host.check_output("journalctl -u bloom-agent --no-pager -o cat -n 200")
+    assert "the D-Bus connection to systemd was lost" in log and "connecting again" in log

@@ -331,3 +331,17 @@ def test_an_agent_killed_during_the_restore_restores_again(env):
     assert (out.outcome, out.serving) == ("rolled-back", "1.0.0")
     assert schema(tmp_path) == before
     assert store.migration_of(dep.id)["state"] == "undone"
+
+
+def test_a_migration_out_of_time_is_killed_and_undone(env):
+    tmp_path, store, systemd, switcher = env
+    app = app_file(tmp_path)
+    app = app.__class__(**{**app.__dict__, "database": app.database.__class__(
+        **{**app.database.__dict__, "migrate": MIGRATE + "; echo still going; sleep 30", "migrate_timeout_sec": 0.5})})
+    first(tmp_path, store, switcher, app)
+    before = schema(tmp_path)
+    dep, out = run(switcher, app, "2.0.0")
+    assert (out.outcome, out.serving) == ("failed", "1.0.0")
+    assert "did not finish within 0.5 s: still going" in out.reason and "restored backup" in out.reason
+    assert schema(tmp_path) == before
+    assert store.migration_of(dep.id)["state"] == "undone"

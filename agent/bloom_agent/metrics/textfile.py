@@ -43,7 +43,7 @@ class TextfileExporter:
         try:
             write_to_textfile(str(self.path), self.registry(up))
             self._warned = False
-        except OSError as exc:
+        except Exception as exc:  # a full disk, systemd busy or unreachable: metrics never stop the agent
             if not self._warned:  # once, not every few seconds
                 log.warning("cannot write metrics to %s: %s", self.path, exc)
                 self._warned = True

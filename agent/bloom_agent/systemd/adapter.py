@@ -8,6 +8,8 @@ by polling. Unit tests use a fake with the same interface (tests/unit/fake_syste
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Protocol
@@ -55,6 +57,9 @@ class UnitStatus:
 
 
 class Systemd(Protocol):
+    def _list_jobs(self) -> list:
+        return self._manager.Manager.ListJobs()
+
     async def start(self, unit: str) -> str: ...
     async def stop(self, unit: str) -> str: ...
     async def daemon_reload(self) -> None: ...
@@ -100,27 +105,71 @@ def connect(cgroup_roots: cgroupstats.Roots) -> "PystemdSystemd | NoSystemd":
         return NoSystemd(str(exc))
 
 
+# sd-bus errors that mean the connection itself is gone, not that a call failed.
+_DISCONNECTED_ERRNOS = {-errno.ENOTCONN, -errno.ECONNRESET, -errno.EPIPE, -errno.ESHUTDOWN}
+
+
+def _disconnected(exc: Exception) -> bool:
+    return getattr(exc, "errno", None) in _DISCONNECTED_ERRNOS or type(exc).__name__ == "DBusDisconnectedError"
+
+
+def _reconnecting(method):
+    """A call made again, once, on a new connection when the bus connection turns out to be gone."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            if not _disconnected(exc):
+                raise
+            self._reopen(exc)
+            return method(self, *args, **kwargs)
+
+    return call
+
+
 class PystemdSystemd:
     """systemd over D-Bus. Create it inside the running loop; the bus is passed in or opened here."""
 
     def __init__(self, bus=None, cgroup_roots: cgroupstats.Roots = ()) -> None:
+        self._cgroup_roots = cgroup_roots
+        self._jobs: dict[bytes, asyncio.Future] = {}
+        self._watchers: dict[bytes, set[asyncio.Event]] = {}
+        self._callbacks: list = []
+        self._matched_paths: set[bytes] = set()
+        self._loop = asyncio.get_running_loop()
+        self._own_bus = bus is None
+        self._open(bus)
+
+    def _open(self, bus=None) -> None:
         from pystemd.dbuslib import DBus
         from pystemd.systemd1 import Manager
 
         self._bus = bus or DBus()
         if bus is None:
             self._bus.open()
-        self._cgroup_roots = cgroup_roots
         self._manager = Manager(bus=self._bus)
         self._manager.load()
         self._manager.Manager.Subscribe()
-        self._jobs: dict[bytes, asyncio.Future] = {}
-        self._watchers: dict[bytes, set[asyncio.Event]] = {}
-        self._callbacks: list = []
+        self._callbacks.clear()
         self._match(MANAGER_PATH, b"org.freedesktop.systemd1.Manager", b"JobRemoved", self._on_job_removed)
-        self._matched_paths: set[bytes] = set()
-        self._loop = asyncio.get_running_loop()
+        for path in self._matched_paths:
+            self._match(path, b"org.freedesktop.DBus.Properties", b"PropertiesChanged", self._on_properties)
         self._loop.add_reader(self._bus.get_fd(), self._dispatch)
+
+    def _reopen(self, exc: Exception) -> None:
+        """The bus connection is gone (the broker dropped it): open a new one with the same
+        subscriptions. Signals sent meanwhile are lost; ``_job`` checks ListJobs for that."""
+        if not self._own_bus:
+            raise exc
+        log.warning("the D-Bus connection to systemd was lost (%s); connecting again", exc)
+        try:
+            self._loop.remove_reader(self._bus.get_fd())
+            self._bus.close()
+        except Exception:
+            pass  # it is gone already
+        self._open()
 
     def _match(self, path: bytes, interface: bytes, member: bytes, method) -> None:
         # pystemd sets attributes on the callback (a bound method allows none) and does not keep a
@@ -136,8 +185,13 @@ class PystemdSystemd:
         self._bus.close()
 
     def _dispatch(self) -> None:
-        while not self._bus.process().is_empty():
-            pass
+        try:
+            while not self._bus.process().is_empty():
+                pass
+        except Exception as exc:
+            if not _disconnected(exc):
+                raise
+            self._reopen(exc)
 
     def _kick(self) -> None:
         # A synchronous call reads whatever else is on the socket into sd-bus's queue; the fd is then
@@ -160,7 +214,13 @@ class PystemdSystemd:
         future = asyncio.get_running_loop().create_future()
         # sd_bus_call queues signals instead of dispatching them, so JobRemoved cannot slip past
         # between the call's return and the registration below.
-        job = getattr(self._manager.Manager, method_name)(unit.encode(), b"replace")
+        try:
+            job = getattr(self._manager.Manager, method_name)(unit.encode(), b"replace")
+        except Exception as exc:
+            if not _disconnected(exc):
+                raise
+            self._reopen(exc)
+            job = getattr(self._manager.Manager, method_name)(unit.encode(), b"replace")
         self._jobs[job] = future
         self._kick()
         while True:
@@ -175,7 +235,7 @@ class PystemdSystemd:
             self._dispatch()
             if future.done():
                 return future.result()
-            listed = {bytes(row[4]) for row in self._manager.Manager.ListJobs()}
+            listed = {bytes(row[4]) for row in self._list_jobs()}
             if job not in listed:
                 self._jobs.pop(job, None)
                 status = self.status(unit)
@@ -183,6 +243,10 @@ class PystemdSystemd:
                 log.warning("%s: job %s ended without a JobRemoved signal seen; unit is %s", unit,
                             job.decode(), status.active_state)
                 return "done" if wanted else "failed"
+
+    @_reconnecting
+    def _list_jobs(self) -> list:
+        return self._manager.Manager.ListJobs()
 
     async def start(self, unit: str) -> str:
         return await self._job("StartUnit", unit)
@@ -203,6 +267,7 @@ class PystemdSystemd:
                                     f"{err.decode(errors='replace').strip()}",
                                     hint="see systemd's journal (journalctl -b _PID=1)")
 
+    @_reconnecting
     def reset_failed(self, unit: str) -> None:
         try:
             self._manager.Manager.ResetFailedUnit(unit.encode())
@@ -210,10 +275,12 @@ class PystemdSystemd:
             log.debug("reset-failed %s: %s", unit, exc)
         self._kick()
 
+    @_reconnecting
     def enable(self, unit: str) -> None:
         self._manager.Manager.EnableUnitFiles([unit.encode()], False, True)
         self._kick()
 
+    @_reconnecting
     def disable(self, unit: str) -> None:
         self._manager.Manager.DisableUnitFiles([unit.encode()], False)
         self._kick()
@@ -226,6 +293,7 @@ class PystemdSystemd:
         self._kick()
         return u
 
+    @_reconnecting
     def status(self, unit: str) -> UnitStatus:
         u = self._unit(unit)
         is_service = unit.endswith(".service") and u.Unit.LoadState == b"loaded"
@@ -250,6 +318,7 @@ class PystemdSystemd:
             log.warning("cannot read systemd's state (%s); treating it as a shutdown", exc)
             return True
 
+    @_reconnecting
     def unit_metrics(self, unit: str) -> dict[str, int | None]:
         """The unit's cgroup memory and task count; None where accounting is off (systemd says 2^64-1)."""
         u = self._unit(unit)
@@ -264,6 +333,7 @@ class PystemdSystemd:
             metrics = {k: v if v is not None else fallback[k] for k, v in metrics.items()}
         return metrics
 
+    @_reconnecting
     def instances(self, pattern: str) -> list[UnitStatus]:
         listed = self._manager.Manager.ListUnitsByPatterns([], [pattern.encode()])
         return [self.status(_text(row[0])) for row in listed]
