@@ -479,3 +479,27 @@ def test_backups_over_the_control_socket_list_create_and_restore(tmp_path):
     assert history[0]["action"] == "restore" and history[0]["outcome"] == "done"
     # The release was stopped for the restore and started again.
     assert host.systemd.calls[-2:] == [("reset-failed", "web@1.0.0.service"), ("start", "web@1.0.0.service")]
+
+
+def test_install_check_validates_and_changes_nothing(tmp_path):
+    from bloom_agent.errors import InstallError
+
+    host = InProcessAgent(tmp_path)
+    host.declare("web", 8080)
+    broken = tmp_path / "web-3.0.0.tar.gz"
+    broken.write_bytes(b"not a tarball")
+
+    async def scenario():
+        await host.start()
+        checked = await host.call("install", {"app": "web", "tarball": host.tarball("web", "1.0.0"), "check": True})
+        releases = await host.call("releases", {"app": "web"})
+        history = await host.call("history", {"app": "web"})
+        with pytest.raises(InstallError):
+            await host.call("install", {"app": "web", "tarball": broken, "check": True})
+        await host.stop()
+        return checked, releases, history
+
+    checked, releases, history = run(scenario())
+    assert checked["checked"] and not checked["unchanged"] and checked["version"] == "1.0.0"
+    assert releases == [] and history == []
+    assert list((tmp_path / "var/lib/bloom/releases/web").iterdir()) == []

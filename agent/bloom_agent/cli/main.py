@@ -176,18 +176,22 @@ def tarball_options(command):
 @cli.command()
 @click.argument("app")
 @tarball_options
+@click.option("--check", is_flag=True, help="Validate only: unpack and check the release, then discard it.")
 @json_option
 @click.pass_obj
 def install(obj: Context, app: str, tarball: str, version: str | None, sha256: str | None, strip: int,
-            filename: str | None, as_json: bool) -> None:
+            filename: str | None, check: bool, as_json: bool) -> None:
     """Validate and unpack a release of APP from TARBALL (- for standard input)."""
     release = Tarball(tarball, filename)
+    args = {**release.args(app, version, sha256, strip), **({"check": True} if check else {})}
     # Unpacking a large release takes as long as it takes: no client-side time limit.
-    result = obj.call("install", release.args(app, version, sha256, strip), timeout=None, upload=release.file)
+    result = obj.call("install", args, timeout=None, upload=release.file)
     if as_json:
         _print_json(result)
         return
-    if result["unchanged"]:
+    if check and not result["unchanged"]:
+        click.echo(f"{app} {result['version']} ({result['size']} bytes) would install; nothing was changed")
+    elif result["unchanged"]:
         click.echo(f"{app} {result['version']} is already installed with the same contents, in {result['path']}")
     else:
         click.echo(f"installed {app} {result['version']} ({result['size']} bytes) in {result['path']}")

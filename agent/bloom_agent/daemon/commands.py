@@ -75,10 +75,10 @@ async def reload(agent: "Agent", caller: Caller, args: dict[str, Any], progress:
 
 async def install(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,
                   upload: Upload | None) -> dict[str, Any]:
-    a = Args("install", args, {"app", "filename", "version", "sha256", "strip_components"})
+    a = Args("install", args, {"app", "filename", "version", "sha256", "strip_components", "check"})
     return await agent.apps.install(a.get("app", str, required=True), upload, a.get("filename", str),
                                     a.get("version", str), a.get("sha256", str), caller,
-                                    strip=a.get("strip_components", int, 0))
+                                    strip=a.get("strip_components", int, 0), check=a.get("check", bool, False))
 
 
 async def releases(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,

@@ -147,13 +147,48 @@ class AppManager:
     # -- install / remove -------------------------------------------------------------------------
 
     async def install(self, name: str, upload: Upload, filename: str | None, version: str | None, sha256: str | None,
-                      caller: Caller, strip: int = 0) -> dict:
+                      caller: Caller, strip: int = 0, check: bool = False) -> dict:
         app = self.app(name)
+        if check:
+            return await self._check_install(app, upload, filename, version, sha256, strip)
         holder = self._acquire(name, "install", caller.user)
         try:
             return await self._install(app, upload, filename, version, sha256, caller, strip)
         finally:
             self._release(name, holder)
+
+    async def _check_install(self, app: AppConfig, upload: Upload, filename: str | None, version: str | None,
+                             sha256: str | None, strip: int) -> dict:
+        """Everything an install checks, unpacked into staging and thrown away: nothing is recorded and
+        nothing is left (an Ansible --check, a CI job's dry run). It takes no lock: it changes nothing."""
+        display = filename or "the tarball from standard input"
+        if version is None:
+            if not filename:
+                raise InvalidArguments("the release's version is needed: pass --version X.Y.Z",
+                                       hint="or send a file named APP-X.Y.Z.tar.gz")
+            version = releases.version_from_name(app.name, filename)
+        versions.validate(version)
+        if not 0 <= strip <= MAX_STRIP_COMPONENTS:
+            raise InvalidArguments(f"--strip-components must be 0 to {MAX_STRIP_COMPONENTS}, got {strip}")
+        checksum = releases.expected_checksum(display, sha256, app.require_checksum)
+        received = await releases.receive(app, upload, display)
+        try:
+            existing = self.store.release(app.name, version)
+            if existing:
+                if received.sha256 != existing["sha256"]:
+                    raise InstallError(
+                        f"{app.name} {version} is already installed with other contents (sha256 "
+                        f"{existing['sha256'][:16]}..., {display} has {received.sha256[:16]}...)",
+                        hint="a version names one release for good: build this one as a new version")
+                return {"app": app.name, "version": version, "path": str(app.releases_dir / existing["instance"]),
+                        "sha256": received.sha256, "size": existing["size"], "unchanged": True, "warning": "",
+                        "checked": True}
+            done = await asyncio.to_thread(releases.install, app, received.path, version, checksum, strip,
+                                           received.sha256, display, check=True)
+        finally:
+            received.path.unlink(missing_ok=True)
+        return {"app": app.name, "version": version, "path": str(done.path), "sha256": done.sha256, "size": done.size,
+                "unchanged": False, "warning": done.warning, "checked": True}
 
     async def _install(self, app: AppConfig, upload: Upload, filename: str | None, version: str | None,
                        sha256: str | None, caller: Caller, strip: int) -> dict:

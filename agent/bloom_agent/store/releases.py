@@ -330,10 +330,11 @@ async def receive(app: AppConfig, upload: Upload, name: str) -> Received:
 
 
 def install(app: AppConfig, tarball: Path, version: str, checksum: str | None, strip: int = 0,
-            digest: str | None = None, name: str | None = None) -> Installed:
+            digest: str | None = None, name: str | None = None, check: bool = False) -> Installed:
     """Validate and unpack; the caller records the result. Raises InstallError and leaves nothing.
     ``digest``: the tarball's SHA-256 when already known (computed as it was received); ``name``: how
-    to call it in messages (the name the caller gave it, not the spool file's)."""
+    to call it in messages (the name the caller gave it, not the spool file's); ``check``: validate
+    only, the unpacked tree is removed instead of put in place."""
     name = name or tarball.name
     versions.validate(version)
     instance = versions.instance(version)
@@ -349,16 +350,22 @@ def install(app: AppConfig, tarball: Path, version: str, checksum: str | None, s
     if checksum is not None and digest != checksum:
         raise InstallError(f"checksum mismatch for {name}: expected {checksum}, got {digest}",
                            hint="the file is corrupt or not the one you meant; upload it again")
-    staging = app.releases_dir / f"{STAGING_PREFIX}{instance}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(mode=0o755)
+    if check:  # no lock is held for a check: a directory of its own, beside any install
+        staging = Path(tempfile.mkdtemp(dir=app.releases_dir, prefix=f"{STAGING_PREFIX}check-{instance}-"))
+    else:
+        staging = app.releases_dir / f"{STAGING_PREFIX}{instance}-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(mode=0o755)
     try:
         size = unpack(tarball, staging, app.max_release_bytes, strip, name)
         warning = _check_layout(app, staging, version)
         _check_exec(app, staging)
         _check_free_space(app, 0)
-        os.chmod(staging, 0o755)
-        os.rename(staging, final)
+        if check:
+            shutil.rmtree(staging)
+        else:
+            os.chmod(staging, 0o755)
+            os.rename(staging, final)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise InstallError(f"cannot install {app.name} {version}: {exc.strerror or exc}",
