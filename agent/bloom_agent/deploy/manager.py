@@ -162,24 +162,13 @@ class AppManager:
         """Everything an install checks, unpacked into staging and thrown away: nothing is recorded and
         nothing is left (an Ansible --check, a CI job's dry run). It takes no lock: it changes nothing."""
         display = filename or "the tarball from standard input"
-        if version is None:
-            if not filename:
-                raise InvalidArguments("the release's version is needed: pass --version X.Y.Z",
-                                       hint="or send a file named APP-X.Y.Z.tar.gz")
-            version = releases.version_from_name(app.name, filename)
-        versions.validate(version)
-        if not 0 <= strip <= MAX_STRIP_COMPONENTS:
-            raise InvalidArguments(f"--strip-components must be 0 to {MAX_STRIP_COMPONENTS}, got {strip}")
-        checksum = releases.expected_checksum(display, sha256, app.require_checksum)
+        version = self._version_of(app, filename, version)
+        checksum = self._checksum_to_expect(app, display, version, sha256, strip)
         received = await releases.receive(app, upload, display)
         try:
             existing = self.store.release(app.name, version)
             if existing:
-                if received.sha256 != existing["sha256"]:
-                    raise InstallError(
-                        f"{app.name} {version} is already installed with other contents (sha256 "
-                        f"{existing['sha256'][:16]}..., {display} has {received.sha256[:16]}...)",
-                        hint="a version names one release for good: build this one as a new version")
+                self._refuse_other_contents(app, display, version, existing, received.sha256)
                 return {"app": app.name, "version": version, "path": str(app.releases_dir / existing["instance"]),
                         "sha256": received.sha256, "size": existing["size"], "unchanged": True, "warning": "",
                         "checked": True}
@@ -190,22 +179,32 @@ class AppManager:
         return {"app": app.name, "version": version, "path": str(done.path), "sha256": done.sha256, "size": done.size,
                 "unchanged": False, "warning": done.warning, "checked": True}
 
+    @staticmethod
+    def _version_of(app: AppConfig, filename: str | None, version: str | None) -> str:
+        if version is not None:
+            return version
+        if not filename:
+            raise InvalidArguments("the release's version is needed: pass --version X.Y.Z",
+                                   hint="or send a file named APP-X.Y.Z.tar.gz")
+        return releases.version_from_name(app.name, filename)
+
+    @staticmethod
+    def _checksum_to_expect(app: AppConfig, display: str, version: str, sha256: str | None, strip: int) -> str | None:
+        """The request's other arguments checked; the SHA-256 the tarball must have, if any."""
+        versions.validate(version)
+        if not 0 <= strip <= MAX_STRIP_COMPONENTS:
+            raise InvalidArguments(f"--strip-components must be 0 to {MAX_STRIP_COMPONENTS}, got {strip}")
+        return releases.expected_checksum(display, sha256, app.require_checksum)
+
     async def _install(self, app: AppConfig, upload: Upload, filename: str | None, version: str | None,
                        sha256: str | None, caller: Caller, strip: int) -> dict:
         """The tarball comes with the request (the client read it as the caller): spooled, hashed as it
         arrives, then unpacked from the agent's own copy."""
         display = filename or "the tarball from standard input"
-        if version is None:
-            if not filename:
-                raise InvalidArguments("the release's version is needed: pass --version X.Y.Z",
-                                       hint="or send a file named APP-X.Y.Z.tar.gz")
-            version = releases.version_from_name(app.name, filename)
+        version = self._version_of(app, filename, version)
         dep = self.store.begin_deployment(app.name, "install", version, None, "installing", caller.label)
         try:
-            versions.validate(version)
-            if not 0 <= strip <= MAX_STRIP_COMPONENTS:
-                raise InvalidArguments(f"--strip-components must be 0 to {MAX_STRIP_COMPONENTS}, got {strip}")
-            checksum = releases.expected_checksum(display, sha256, app.require_checksum)
+            checksum = self._checksum_to_expect(app, display, version, sha256, strip)
             received = await releases.receive(app, upload, display)
             try:
                 existing = self.store.release(app.name, version)
@@ -228,15 +227,19 @@ class AppManager:
         return {"app": app.name, "version": version, "path": str(done.path), "sha256": done.sha256, "size": done.size,
                 "unchanged": False, "warning": done.warning}
 
-    def _already_installed(self, app: AppConfig, name: str, version: str, existing: dict, dep: int,
-                           digest: str) -> dict:
-        """The same tarball again is a no-op (a CI job that re-runs); other contents under the same
-        version are refused: a version names one release for good."""
+    @staticmethod
+    def _refuse_other_contents(app: AppConfig, name: str, version: str, existing: dict, digest: str) -> None:
+        """A version names one release for good: another tarball under it is refused."""
         if digest != existing["sha256"]:
             raise InstallError(
                 f"{app.name} {version} is already installed with other contents (sha256 {existing['sha256'][:16]}..., "
                 f"{name} has {digest[:16]}...)",
                 hint="a version names one release for good: build this one as a new version")
+
+    def _already_installed(self, app: AppConfig, name: str, version: str, existing: dict, dep: int,
+                           digest: str) -> dict:
+        """The same tarball again is a no-op (a CI job that re-runs)."""
+        self._refuse_other_contents(app, name, version, existing, digest)
         self.store.finish_deployment(dep, "done", "unchanged", "already installed with the same contents")
         path = app.releases_dir / existing["instance"]
         return {"app": app.name, "version": version, "path": str(path), "sha256": digest, "size": existing["size"],
