@@ -90,12 +90,14 @@ class Fleet:
         shutil.copy(built, named)
         return named
 
-    def play(self, version: str, *extra: str, inventory: Path | None = None) -> subprocess.CompletedProcess:
+    def play(self, version: str, *extra: str, inventory: Path | None = None,
+             ansible: Path | None = None) -> subprocess.CompletedProcess:
         env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(self.collections), "ANSIBLE_HOST_KEY_CHECKING": "False",
                "ANSIBLE_RETRY_FILES_ENABLED": "False", "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0",
                "ANSIBLE_LOCAL_TEMP": str(self.workdir / "ansible-tmp"), "ANSIBLE_SSH_RETRIES": "0",
                "ANSIBLE_TIMEOUT": "10"}
-        argv = ["ansible-playbook", "-i", str(inventory or self.inventory), "bloom.agent.rolling_deploy",
+        argv = [str(ansible / "ansible-playbook") if ansible else "ansible-playbook", "-i",
+                str(inventory or self.inventory), "bloom.agent.rolling_deploy",
                 "-e", "bloom_app=web", "-e", f"bloom_tarball={self.release(version)}", *extra]
         return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
 
@@ -217,3 +219,38 @@ def test_a_host_unreachable_mid_rollout_is_reported_and_the_others_are_left_cons
     assert "web2: unreachable" in out.stdout
     assert fleet.current() == {name: "sampleapp 2.0.0" for name in HOSTS}
     assert "5.0.0" not in fleet.installed("web3")
+
+
+def test_a_current_ansible_core_from_pypi_runs_the_play_too(fleet, tmp_path):
+    venv = tmp_path / "ansible"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True)
+    installed = subprocess.run([str(venv / "bin/pip"), "install", "-q", "ansible-core"], capture_output=True, text=True,
+                               timeout=600)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    version = subprocess.run([str(venv / "bin/ansible"), "--version"], capture_output=True, text=True).stdout
+    print(version.splitlines()[0])
+    checked = fleet.play("6.0.0", "--check", "--diff", ansible=venv / "bin")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "+version: 6.0.0" in checked.stdout
+    out = fleet.play("6.0.0", ansible=venv / "bin")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert fleet.current() == {name: "sampleapp 6.0.0" for name in HOSTS}
+    again = fleet.play("6.0.0", ansible=venv / "bin")
+    assert again.returncode == 0 and all(_recap(again.stdout)[name]["changed"] == 0 for name in HOSTS), again.stdout
+
+
+def test_a_release_is_removed_with_state_absent_once(fleet):
+    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(fleet.collections), "ANSIBLE_HOST_KEY_CHECKING": "False",
+           "ANSIBLE_NOCOLOR": "1"}
+    argv = ["ansible", "-i", str(fleet.inventory), "web1", "-m", "bloom.agent.release",
+            "-a", "app=web version=4.0.0 state=absent"]
+    first = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == 0 and '"changed": true' in first.stdout, first.stdout + first.stderr
+    assert "4.0.0" not in fleet.installed("web1")
+    second = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert second.returncode == 0 and '"changed": false' in second.stdout, second.stdout
+    current = fleet.current()["web1"].split()[-1]
+    in_use = subprocess.run(argv[:-1] + [f"app=web version={current} state=absent"], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert in_use.returncode != 0 and f"cannot remove web {current}: it is the current release" in in_use.stdout, \
+        in_use.stdout

@@ -461,3 +461,24 @@ def test_the_agent_reconnects_when_the_system_bus_restarts(safe):
     assert safe.host.check_output("systemctl show -P MainPID bloom-agent").strip() == pid, "the agent did not restart"
     log = safe.host.check_output("journalctl -u bloom-agent --no-pager -o cat -n 200")
     assert "the D-Bus connection to systemd was lost" in log and "connecting again" in log
+
+
+def test_secrets_from_an_environment_file_and_a_credential_reach_the_release_but_no_unit_text(safe):
+    safe.host.check_output("umask 077 && printf 'API_TOKEN=hunter2\\n' > /etc/bloom/safe.env "
+                           "&& printf 's3cret-db' > /etc/bloom/safe-db.secret")
+    warning = safe.configure(extra='environment_files = ["/etc/bloom/safe.env"]\n'
+                                   'credentials = { db_password = "/etc/bloom/safe-db.secret" }\n')
+    try:
+        assert "readable by others" not in warning
+        assert safe.deploy("2.9.0").rc == 0
+        unit = "safe@2.9.0.service"
+        pid = safe.host.check_output(f"systemctl show -P MainPID {unit}").strip()
+        assert "API_TOKEN=hunter2" in safe.host.check_output(f"tr '\\0' '\\n' < /proc/{pid}/environ")
+        assert safe.host.check_output(f"cat /run/credentials/{unit}/db_password") == "s3cret-db"
+        shown = safe.host.check_output(f"systemctl show {unit}; cat /etc/systemd/system/safe@.service")
+        assert "hunter2" not in shown and "s3cret-db" not in shown
+        safe.host.check_output("chmod 644 /etc/bloom/safe.env")
+        out = safe.host.run("bloomctl reload")
+        assert "/etc/bloom/safe.env is readable by others (mode 0644)" in out.stderr
+    finally:
+        safe.configure()

@@ -132,3 +132,37 @@ def test_socket_pointer_layers(tmp_path):
 def test_addresses_clash(a, b, clash):
     assert apps.addresses_clash(a, b) is clash
     assert apps.addresses_clash(b, a) is clash
+
+
+def test_environment_files_and_credentials_are_rendered_and_their_files_checked(tmp_path):
+    from bloom_agent.config.apps import app_warnings, load_app
+    from bloom_agent.systemd.unitfiles import UnitPaths, UnitWriter
+
+    secret = tmp_path / "web.env"
+    secret.write_text("TOKEN=hunter2\n")
+    secret.chmod(0o644)
+    (tmp_path / "web.toml").write_text(
+        f'listen = ["127.0.0.1:8080"]\nexec = "bin/app"\nenvironment_files = ["{secret}"]\n'
+        f'credentials = {{ db_password = "{tmp_path}/db.secret" }}\n')
+    app = load_app(tmp_path / "web.toml")
+    writer = UnitWriter(UnitPaths(etc=tmp_path / "etc", run=tmp_path / "run"))
+    writer.write_app_units(app)
+    unit = (tmp_path / "etc" / "web@.service").read_text()
+    assert f"EnvironmentFile={secret}\n" in unit and f"LoadCredential=db_password:{tmp_path}/db.secret\n" in unit
+    assert "hunter2" not in unit
+    warnings = app_warnings(app)
+    assert any("is readable by others (mode 0644)" in w for w in warnings), warnings
+    assert any("db.secret: No such file or directory" in w for w in warnings), warnings
+
+
+def test_a_credential_with_a_bad_name_or_path_is_refused(tmp_path):
+    import pytest
+
+    from bloom_agent.config.apps import load_app
+    from bloom_agent.errors import ConfigError
+
+    for table, message in (('{ "a b" = "/x" }', "not a valid credential name"),
+                           ('{ db = "x" }', "is not an absolute path"), ('{ db = 3 }', "must be a path string")):
+        (tmp_path / "web.toml").write_text(f'listen = ["127.0.0.1:8080"]\nexec = "bin/app"\ncredentials = {table}\n')
+        with pytest.raises(ConfigError, match=message):
+            load_app(tmp_path / "web.toml")

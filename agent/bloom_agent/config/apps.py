@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import shlex
 from dataclasses import dataclass
@@ -107,6 +108,21 @@ def _check_environment(value: dict) -> str | None:
     return None
 
 
+_CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", re.ASCII)
+
+
+def _check_credentials(value: dict) -> str | None:
+    for name, path in value.items():
+        if not _CREDENTIAL_NAME.fullmatch(name):
+            return f"{name!r} is not a valid credential name (letters, digits, '_', '.', '-')"
+        if not isinstance(path, str):
+            return f"the file of credential {name!r} must be a path string, got {path!r}"
+        problem = _path_problem(path)
+        if problem:
+            return f"credential {name!r}: {problem}"
+    return None
+
+
 def _check_patterns(value: list) -> str | None:
     for item in value:
         if not isinstance(item, str):
@@ -144,6 +160,12 @@ APP_FIELDS = [
     Field("group", str, "", _check_user, help="`Group=`"),
     Field("environment", dict, {}, _check_environment, kind="table of strings",
           help="extra environment variables"),
+    Field("environment_files", list, [], _check_paths, kind="list of absolute paths",
+          help="`EnvironmentFile=`: `KEY=value` lines read by systemd (as root) when a release starts; for "
+               "secrets, in a file only root can read"),
+    Field("credentials", dict, {}, _check_credentials, kind="table of paths",
+          help="`LoadCredential=NAME:PATH`: files the release reads from `$CREDENTIALS_DIRECTORY/NAME`, "
+               "not from its environment"),
     Field("notify", bool, True,
           help="the app sends `READY=1` (`Type=notify`); `false`: ready as soon as it is executed (`Type=exec`)"),
     Field("ready_timeout_sec", float, 30.0, check_positive,
@@ -205,6 +227,8 @@ class AppConfig:
     user: str
     group: str
     environment: dict[str, str]
+    environment_files: tuple[str, ...]
+    credentials: dict[str, str]
     notify: bool
     ready_timeout_sec: float
     stop_timeout_sec: float
@@ -345,6 +369,28 @@ def probation_warnings(app: AppConfig) -> list[str]:
                 f"more than probation_sec = {app.probation_sec:g}: probation is extended while it fails; raise "
                 f"probation_sec to at least {needed:g}, or lower failures, interval_sec or timeout_sec")
     return warnings
+
+
+def secret_file_warnings(app: AppConfig) -> list[str]:
+    """Environment files and credentials that a release would not find, or that others can read: systemd
+    reads them as root, so nothing but root needs to."""
+    warnings = []
+    for what, path in [("environment file", p) for p in app.environment_files] + \
+                      [(f"credential {name!r}", p) for name, p in app.credentials.items()]:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            warnings.append(f"{app.path}: {what} {path}: {exc.strerror}; a release will not start without it")
+            continue
+        if mode & 0o077:
+            warnings.append(f"{app.path}: {what} {path} is readable by others (mode {mode & 0o777:04o}); "
+                            f"make it root's alone: chmod 600 {path}")
+    return warnings
+
+
+def app_warnings(app: AppConfig) -> list[str]:
+    """What ``bloomctl reload`` and ``bloom-agent --check-config`` warn about an app file that loads."""
+    return probation_warnings(app) + secret_file_warnings(app)
 
 
 _EXAMPLE = 'a minimal app file:\n  listen = ["127.0.0.1:8080"]\n  exec = "bin/server --port-from-systemd"'

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from bloom_agent import __version__
 from bloom_agent.config import agent as config_mod
-from bloom_agent.config.apps import load_apps, probation_warnings, refuse_shared_addresses
+from bloom_agent.config.apps import app_warnings, load_apps, refuse_shared_addresses
 from bloom_agent.config.paths import Paths
 from bloom_agent.control import listener
 from bloom_agent.control.auth import Caller, group_id
@@ -236,7 +236,7 @@ def check_config(path: Path, cfg: config_mod.AgentConfig, paths: Paths) -> int:
     errors.update(refuse_shared_addresses(apps, first=set()))
     for app in apps.values():
         print(f"{app.path}: OK")
-        for warning in probation_warnings(app):
+        for warning in app_warnings(app):
             print(f"warning: {warning}")
     for error in errors.values():
         print(error, file=sys.stderr)

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from bloom_agent.config.apps import AppConfig, describe, load_apps, probation_warnings, refuse_shared_addresses
+from bloom_agent.config.apps import AppConfig, app_warnings, describe, load_apps, refuse_shared_addresses
 from bloom_agent.control.auth import Caller
 from bloom_agent.database.guard import DatabaseGuard
 from bloom_agent.deploy import events
@@ -87,7 +87,7 @@ class AppManager:
                 del apps[name]
         for path, err in errors.items():
             log.error("app file not loaded: %s", err)
-        warnings = [w for app in apps.values() for w in probation_warnings(app)]
+        warnings = [w for app in apps.values() for w in app_warnings(app)]
         for warning in warnings:
             log.warning("%s", warning)
         changed = False
