@@ -23,7 +23,8 @@ DEB_FILE       = $(DIST_DIR)/$(DEB_PACKAGE)_$(DEB_VERSION)_all.deb
 DEB_PATH      := /usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin
 DEB_BUILD_CMD := dpkg-buildpackage -us -uc -b
 LINTIAN       := lintian
-LINTIAN_FLAGS := --fail-on error,warning --display-info
+# Every tag shown, down to pedantic; any one that is not overridden (with its reason) fails the build.
+LINTIAN_FLAGS := --display-info --pedantic
 # Packages needed to build and check the .deb on a fresh Debian 12 host.
 DEB_TOOLS     := build-essential dpkg-dev debhelper dh-python \
                  pybuild-plugin-pyproject python3-all python3-setuptools lintian
@@ -45,7 +46,8 @@ deb:
 
 lint-deb:
 	@test -f $(DEB_FILE) || { echo "$(DEB_FILE) not found; run 'make deb' first" >&2; exit 1; }
-	env PATH=$(DEB_PATH) $(LINTIAN) $(LINTIAN_FLAGS) $(DEB_FILE)
+	@out=$$(env PATH=$(DEB_PATH) $(LINTIAN) $(LINTIAN_FLAGS) $(DEB_FILE) 2>&1) || { echo "$$out"; exit 1; }; \
+	echo "$$out"; if echo "$$out" | grep -qE '^[EWIPX]: '; then echo "lintian: tags above" >&2; exit 1; fi
 
 deb-deps:
 	apt-get install -y --no-install-recommends $(DEB_TOOLS)

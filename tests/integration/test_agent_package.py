@@ -186,3 +186,15 @@ def test_units_pass_systemd_analyze_verify(machine):
     out = host.run("systemd-analyze verify --man=no bloom-agent.service bloom-agent.socket")
     assert out.rc == 0, out.stderr
     assert "bloom-agent" not in out.stderr, out.stderr
+
+
+def test_bash_completes_bloomctl_commands(machine):
+    """The package's completion, loaded as bash-completion would, asks bloomctl for the words."""
+    from shlex import quote
+
+    script = ("source /usr/share/bash-completion/completions/bloomctl; COMP_WORDS=(bloomctl {words}); "
+              "COMP_CWORD={cword}; _bloomctl_completion bloomctl 2>/dev/null; printf '%s\\n' \"${{COMPREPLY[@]}}\"")
+    commands = machine.host.check_output("bash -c " + quote(script.format(words="st", cword=1))).split()
+    assert "status" in commands and "deploy" not in commands
+    sub = machine.host.check_output("bash -c " + quote(script.format(words="backup ''", cword=2))).split()
+    assert sorted(sub) == ["create", "list", "restore"]

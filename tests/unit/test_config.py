@@ -81,3 +81,17 @@ def test_each_setting_is_declared_once_and_the_reference_is_made_from_it():
         {f.name for f in APP_FIELDS} - {"health_check"} | {"name", "path", "health_checks"})
     doc = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
     assert update(doc.read_text()) == doc.read_text(), "out of date: run scripts/config_reference.py"
+
+
+def test_the_shipped_bash_completion_is_what_click_makes_now():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    made = subprocess.run([sys.executable, "-m", "bloom_agent.cli"], capture_output=True, text=True,
+                          env={**os.environ, "_BLOOMCTL_COMPLETE": "bash_source",
+                               "PYTHONPATH": str(repo / "agent")}).stdout
+    shipped = (repo / "conf/completion/bloomctl").read_text()
+    assert shipped.split("\n", 1)[1] == made, "regenerate conf/completion/bloomctl (see its first line)"
