@@ -1,7 +1,8 @@
 #!/usr/bin/python3
-"""Rewrite the configuration reference's tables in docs/configuration.md from the Field declarations.
+"""Rewrite the configuration reference's tables in docs/configuration.md, and the manual page
+bloom-agent.toml(5), from the Field declarations.
 
-Usage: scripts/config_reference.py [--check]   (--check: exit 1 if the file is out of date, change nothing)
+Usage: scripts/config_reference.py [--check]   (--check: exit 1 if a file is out of date, change nothing)
 """
 
 import sys
@@ -10,22 +11,28 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "agent"))
 
-from bloom_agent.config.reference import update  # noqa: E402
+from bloom_agent import __version__  # noqa: E402
+from bloom_agent.config.reference import manpage, update  # noqa: E402
 
 DOC = REPO / "docs" / "configuration.md"
+MAN = REPO / "packaging" / "debian" / "bloom-agent.toml.5"
+MAN_DATE = "December 2026"  # the month of the last change to the page's text
 
 
 def main(argv: list[str]) -> int:
-    text = DOC.read_text()
-    made = update(text)
-    if made == text:
-        return 0
-    if "--check" in argv:
-        print(f"{DOC} is out of date: run scripts/config_reference.py", file=sys.stderr)
-        return 1
-    DOC.write_text(made)
-    print(f"rewrote the tables in {DOC}")
-    return 0
+    stale = 0
+    for path, make in ((DOC, update), (MAN, lambda _: manpage(__version__, MAN_DATE))):
+        text = path.read_text() if path.exists() else ""
+        made = make(text)
+        if made == text:
+            continue
+        if "--check" in argv:
+            print(f"{path} is out of date: run scripts/config_reference.py", file=sys.stderr)
+            stale = 1
+            continue
+        path.write_text(made)
+        print(f"rewrote {path}")
+    return stale
 
 
 if __name__ == "__main__":

@@ -83,6 +83,19 @@ def test_each_setting_is_declared_once_and_the_reference_is_made_from_it():
     assert update(doc.read_text()) == doc.read_text(), "out of date: run scripts/config_reference.py"
 
 
+def test_the_manual_page_of_the_files_is_made_from_the_same_declarations():
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    checked = subprocess.run([sys.executable, str(repo / "scripts/config_reference.py"), "--check"],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    page = (repo / "packaging/debian/bloom-agent.toml.5").read_text()
+    for name in ("state_dir", "probation_sec", "rollback_strategy", "environment_files"):
+        assert f"\n.B {name}\n" in page
+
+
 def test_the_shipped_bash_completion_is_what_click_makes_now():
     import os
     import subprocess

@@ -45,3 +45,65 @@ def table(name: str) -> str:
 def update(text: str) -> str:
     """``text`` with every reference table made anew."""
     return _BLOCK.sub(lambda m: m[1] + table(m[2]) + m[3], text)
+
+
+# -- bloom-agent.toml(5): the same declarations, as a manual page --------------------------------
+
+MAN_SECTIONS = (
+    ("AGENT FILE", "agent", "The table [agent] of /etc/bloom/agent.toml."),
+    ("APP FILES", "app", "The top level of /etc/bloom/apps/APP.toml; the file name gives the app's name."),
+    ("HEALTH CHECKS", "health_check", "Each [[health_check]] table of an app file."),
+    ("DATABASE", "database", "The [database] table of an app file."),
+)
+
+
+def _roff(text: str) -> str:
+    """Markdown of a help text as roff: `code` in bold, [links](target) as their words, escapes."""
+    text = re.sub(r"\[([^]]+)\]\([^)]*\)", r"\1", text)
+    text = text.replace("\\", "\\e").replace("-", "\\-")
+    return re.sub(r"`([^`]*)`", r"\\fB\1\\fR", text)
+
+
+def manpage(version: str, date: str) -> str:
+    lines = [
+        f'.TH BLOOM\\-AGENT.TOML 5 "{date}" "bloom\\-agent {version}" "File Formats"',
+        ".SH NAME",
+        "bloom\\-agent.toml \\- configuration of bloom\\-agent and of its apps",
+        ".SH SYNOPSIS",
+        ".I /etc/bloom/agent.toml",
+        ".br",
+        ".I /etc/bloom/apps/APP.toml",
+        ".SH DESCRIPTION",
+        "Both are TOML files. A key not listed here, or a value of the wrong type or out of range, is an",
+        "error that names the file and the key: the agent refuses to start with a bad",
+        ".IR agent.toml ,",
+        "keeps its running configuration when one is reloaded, and does not load a bad app file.",
+        "Check them with",
+        ".BR \"bloom\\-agent \\-\\-check\\-config\" ;",
+        "apply them with",
+        ".BR \"bloomctl reload\" .",
+        "This page is made from the same declarations as the parser.",
+    ]
+    for title, name, intro in MAN_SECTIONS:
+        fields, _columns = TABLES[name]
+        lines += [f".SH {title}", _roff(intro)]
+        for field in fields:
+            meta = f"{_roff(field.kind_text)}; default {_roff(field.default_text)}"
+            if field.applies_to:
+                meta += f"; for {_roff(field.applies_to)}"
+            if name == "agent":
+                meta += "; applied " + ("at restart" if field.restart else "on reload")
+            lines += [".TP", f".B {field.name}", f"({meta})", _roff(field.help) + "."]
+    lines += [
+        ".SH FILES",
+        ".TP", ".I /etc/bloom/agent.toml", "The agent's configuration (a conffile, every default commented).",
+        ".TP", ".I /etc/bloom/apps/", "One file per app.",
+        ".SH SEE ALSO",
+        ".BR bloom\\-agent (8),",
+        ".BR bloomctl (1);",
+        ".I /usr/share/doc/bloom\\-agent/docs/configuration.md",
+        "and",
+        ".I database.md",
+        "there, with examples.",
+    ]
+    return "\n".join(lines) + "\n"
