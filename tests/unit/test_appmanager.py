@@ -256,3 +256,24 @@ def test_an_app_named_like_a_unit_the_agent_did_not_write_is_refused(tmp_path):
     assert "dbus.socket was not written by bloom-agent" in env.manager.app_errors[str(env.apps_dir / "dbus.toml")]
     assert (tmp_path / "etc" / "dbus.socket").read_text().startswith("[Socket]"), "left as it was"
     assert not (tmp_path / "etc" / "ssh.socket").exists()
+
+
+def test_history_keeps_the_newest_deployments_and_those_a_backup_needs(tmp_path):
+    from bloom_agent.store.state import StateStore
+
+    store = StateStore(tmp_path / "state.db")
+    ids = []
+    for i in range(10):
+        dep = store.begin_deployment("web", "switch", f"{i}.0.0", None, "starting", "root")
+        store.record_step(dep, "probation")
+        store.finish_deployment(dep, "done", "done")
+        ids.append(dep)
+    store.add_backup("web", ids[1], "0.0.0", "/x", 1, "0" * 64, "0" * 64, "2026-12-01T00:00:00+00:00", 0.1)
+    in_flight = store.begin_deployment("web", "switch", "10.0.0", None, "starting", "root")
+    other = store.begin_deployment("api", "switch", "1.0.0", None, "starting", "root")
+    store.finish_deployment(other, "done", "done")
+    assert store.prune_history("web", keep=3) == 7  # the newest 3 (one in flight), and the one a backup needs, stay
+    kept = [r["id"] for r in store.history("web")]
+    assert kept == [in_flight, ids[9], ids[8], ids[1]]
+    assert store.steps(ids[0]) == [] and store.steps(ids[9]) != []
+    assert [r["id"] for r in store.history("api")] == [other]

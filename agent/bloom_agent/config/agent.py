@@ -30,6 +30,9 @@ AGENT_FIELDS = [
     Field("metrics_dir", str, "/var/lib/prometheus/node-exporter", check_absolute_path, restart=True,
           help="where the agent writes `bloom.prom` for node_exporter's textfile collector; nothing is written "
                "while the directory does not exist"),
+    Field("history_keep", int, 1000, check_positive,
+          help="deployments kept in each app's history (with their steps); older ones are deleted after each "
+               "switch, except those a database backup or migration still refers to"),
 ]
 # Settings bound into open resources (the database, the listening socket and its stream limit, the
 # directories): a reload keeps the running value and says so.
@@ -49,6 +52,7 @@ class AgentConfig:
     apps_dir: Path
     releases_dir: Path
     metrics_dir: Path
+    history_keep: int
 
 
 def default_path() -> Path:

@@ -102,6 +102,7 @@ class Agent:
         self.apps = AppManager(self.paths.apps_dir, self.paths.releases_dir, self.store, self._connect_systemd(),
                                UnitWriter.for_paths(self.paths), self._journal, guard)
         self.database = DatabaseOperations(self.apps, guard)
+        self.apps.history_keep = self.config.history_keep
         self.metrics = TextfileExporter(self.paths.metrics_dir, self.apps)
         self.apps.on_change = self.metrics.write
         try:
@@ -188,6 +189,7 @@ class Agent:
         logs.set_level(new.log_level)
         self.config_loaded_at = utcnow()
         if self.apps is not None:
+            self.apps.history_keep = self.config.history_keep
             try:
                 await self.apps.load()
             except BloomError as err:

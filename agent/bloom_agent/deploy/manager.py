@@ -71,6 +71,8 @@ class AppManager:
         self._tasks: set[asyncio.Task] = set()
         # Called when a switch or rollback has ended (the daemon writes the metrics then).
         self.on_change: Callable[[], None] = lambda: None
+        # Deployments kept in each app's history (agent.history_keep; the daemon sets it on each load).
+        self.history_keep = 1000
 
     # -- app definitions ----------------------------------------------------------------------
 
@@ -415,7 +417,14 @@ class AppManager:
             return outcome
         finally:
             self._release(app.name, holder)
+            self._prune_history(app.name)
             self.on_change()
+
+    def _prune_history(self, name: str) -> None:
+        pruned = self.store.prune_history(name, self.history_keep)
+        if pruned:
+            log.info("%s: %d old deployment(s) deleted from the history (agent.history_keep = %d)", name, pruned,
+                     self.history_keep)
 
     async def rollback(self, name: str, to: str | None, caller: Caller, progress: Progress = no_progress,
                        wait: bool = True) -> dict:

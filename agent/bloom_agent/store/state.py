@@ -324,6 +324,22 @@ class StateStore:
             "SELECT * FROM migrations WHERE app = ? AND state = 'applied' AND deployment > ? ORDER BY id DESC",
             (app, row[0] or 0))]
 
+    def prune_history(self, app: str, keep: int) -> int:
+        """Delete the app's finished deployments beyond the newest ``keep``, with their steps; never one that
+        a backup or a migration record refers to. Returns how many went."""
+        with self._transaction():
+            doomed = [r[0] for r in self._db.execute(
+                "SELECT id FROM deployments WHERE app = ? AND finished_at IS NOT NULL AND id NOT IN "
+                "(SELECT id FROM deployments WHERE app = ? ORDER BY id DESC LIMIT ?) "
+                "AND id NOT IN (SELECT deployment FROM backups WHERE deployment IS NOT NULL) "
+                "AND id NOT IN (SELECT deployment FROM migrations)", (app, app, keep))]
+            for chunk in range(0, len(doomed), 500):
+                ids = doomed[chunk:chunk + 500]
+                marks = ",".join("?" * len(ids))
+                self._db.execute(f"DELETE FROM deployment_steps WHERE deployment IN ({marks})", ids)
+                self._db.execute(f"DELETE FROM deployments WHERE id IN ({marks})", ids)
+        return len(doomed)
+
     def steps(self, deployment: int) -> list[dict]:
         return [dict(r) for r in self._db.execute(
             "SELECT at, step, detail FROM deployment_steps WHERE deployment = ? ORDER BY rowid", (deployment,))]
