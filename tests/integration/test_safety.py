@@ -482,3 +482,18 @@ def test_secrets_from_an_environment_file_and_a_credential_reach_the_release_but
         assert "/etc/bloom/safe.env is readable by others (mode 0644)" in out.stderr
     finally:
         safe.configure()
+
+
+def test_a_tarball_with_a_gigantic_header_is_refused_without_reading_it(safe):
+    """A few KB of gzip holding a 64 MiB PAX header: refused when the header is announced."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("bin/sampleapp")
+        info.pax_headers = {"comment": "x" * (64 * 1024 * 1024)}
+        info.mode, info.size = 0o755, 3
+        tar.addfile(info, io.BytesIO(b"#!x"))
+    assert len(buf.getvalue()) < 1024 * 1024
+    out = safe.bloomctl("install safe", safe.put(buf.getvalue(), "safe-9.0.0.tar.gz"))
+    assert out.rc == 1 and "extended header of" in out.stderr and "refused before reading it" in out.stderr
+    assert "9.0.0" not in safe.releases()
+    assert safe.status()["serving"]

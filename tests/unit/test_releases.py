@@ -230,3 +230,47 @@ def test_pythons_data_filter_is_asked_too_where_there_is_one(app, tmp_path, monk
         releases.install(app, make_tar(tmp_path / "f.tar.gz", GOOD), "1.0.0", None)
     assert seen[:3] == ["bin", "bin/server", "static/a.txt"]
     assert list(app.releases_dir.iterdir()) == []
+
+
+def test_an_extended_header_too_large_to_read_is_refused_before_it_is_read(app, tmp_path):
+    import gzip
+
+    path = tmp_path / "bomb.tar.gz"
+    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("bin/server")
+        info.pax_headers = {"comment": "x" * (2 * 1024 * 1024)}
+        info.mode, info.size = 0o755, 3
+        tar.addfile(info, io.BytesIO(b"#!x"))
+    assert path.stat().st_size < 20000  # a few KB of gzip: what made the agent read gigabytes
+    with pytest.raises(releases.InstallError, match=r"extended header of \d+ bytes \(more than 1048576\)"):
+        releases.install(app, path, "1.0.0", None)
+    assert list(app.releases_dir.iterdir()) == []
+    assert gzip.decompress(path.read_bytes())  # a valid archive, refused for what it holds
+
+
+def test_an_archive_with_too_many_members_is_refused(app, tmp_path, monkeypatch):
+    monkeypatch.setattr(releases, "MAX_MEMBERS", 10)
+    members = GOOD + [(f"static/{i}.txt", b"", tarfile.REGTYPE, 0o644, "") for i in range(10)]
+    with pytest.raises(releases.InstallError, match="has more than 10 members"):
+        releases.install(app, make_tar(tmp_path / "many.tar.gz", members), "1.0.0", None)
+    assert list(app.releases_dir.iterdir()) == []
+
+
+def test_free_space_is_checked_again_as_the_unpacking_goes(app, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(releases, "SPACE_CHECK_BYTES", 4)
+    real = shutil.disk_usage
+    calls = []
+
+    def shrinking(path):
+        calls.append(path)
+        usage = real(path)
+        # roomy for the check before the unpack, then the disk fills up
+        return usage._replace(free=0) if len(calls) > 1 else usage
+
+    monkeypatch.setattr(releases.shutil, "disk_usage", shrinking)
+    small = app.__class__(**{**app.__dict__, "min_free_bytes": 1})
+    with pytest.raises(releases.InstallError, match="down to 0 bytes free while unpacking"):
+        releases.install(small, make_tar(tmp_path / "w.tar.gz", GOOD), "1.0.0", None)
+    assert list(app.releases_dir.iterdir()) == []

@@ -85,6 +85,28 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+# What one archive may hold besides its files' contents (max_release_bytes caps those): its long-name
+# and PAX headers are read whole into memory, and a streamed TarFile keeps a record of every member.
+MAX_HEADER_BYTES = 1024 * 1024
+MAX_MEMBERS = 100_000
+# Free space is checked again each time this much more has been unpacked.
+SPACE_CHECK_BYTES = 64 * 1024 * 1024
+_HEADER_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                 tarfile.SOLARIS_XHDTYPE)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A member header that refuses an extended header (long name, PAX) too large to read into memory:
+    a few hundred KB of gzip can hold a gigabyte of one."""
+
+    def _proc_member(self, tarfile_):
+        if self.type in _HEADER_TYPES and self.size > MAX_HEADER_BYTES:
+            raise InstallError(f"the archive has an extended header of {self.size} bytes (more than "
+                               f"{MAX_HEADER_BYTES}): not a release, refused before reading it",
+                               hint="a path name or PAX header this long is not something a build makes")
+        return super()._proc_member(tarfile_)
+
+
 def _open_stream(name: str, fh: BinaryIO) -> tarfile.TarFile:
     head = fh.read(6)
     fh.seek(0)
@@ -95,8 +117,9 @@ def _open_stream(name: str, fh: BinaryIO) -> tarfile.TarFile:
     if kind == "zst":
         import zstandard
 
-        return tarfile.open(fileobj=zstandard.ZstdDecompressor().stream_reader(fh), mode="r|")
-    return tarfile.open(fileobj=fh, mode=f"r|{kind}")
+        return tarfile.open(fileobj=zstandard.ZstdDecompressor().stream_reader(fh), mode="r|",
+                            tarinfo=_BoundedTarInfo)
+    return tarfile.open(fileobj=fh, mode=f"r|{kind}", tarinfo=_BoundedTarInfo)
 
 
 def _safe_relpath(name: str) -> PurePosixPath:
@@ -156,16 +179,24 @@ def _strip(name: str, strip: int) -> str | None:
     return str(PurePosixPath(*parts[strip:])) if len(parts) > strip else None
 
 
-def unpack(tarball: Path, dest: Path, max_bytes: int, strip: int = 0, name: str | None = None) -> int:
+def unpack(tarball: Path, dest: Path, max_bytes: int, strip: int = 0, name: str | None = None,
+           min_free: int = 0) -> int:
     """Unpack into the empty directory ``dest``; return the total size of regular files.
-    ``strip`` drops that many leading path components from every member, like tar's --strip-components."""
-    total = 0
+    ``strip`` drops that many leading path components from every member, like tar's --strip-components;
+    ``min_free``: the free space the file system must keep, checked as the unpacking goes."""
+    total = checked_at = 0
     name = name or tarball.name
     with open(tarball, "rb") as fh:
         try:
             archive = _open_stream(name, fh)
             with archive:
-                for member in archive:
+                for count, member in enumerate(archive, start=1):
+                    if count > MAX_MEMBERS:
+                        raise InstallError(f"{name} has more than {MAX_MEMBERS} members; refused",
+                                           hint="a release this fragmented is not something a build makes")
+                    if total - checked_at >= SPACE_CHECK_BYTES:
+                        checked_at = total
+                        _check_room(dest, min_free)
                     stripped = _strip(member.name, strip)
                     if stripped is None:
                         continue  # the prefix directories themselves
@@ -216,6 +247,14 @@ def unpack(tarball: Path, dest: Path, max_bytes: int, strip: int = 0, name: str 
             raise InstallError(f"{name} is not a readable tar archive: {exc}",
                                hint="check the upload; 'tar -tf FILE' shows what is wrong") from exc
     return total
+
+
+def _check_room(dest: Path, min_free: int) -> None:
+    free = shutil.disk_usage(dest).free
+    if free < min_free:
+        raise InstallError(f"the file system of {dest.parent} is down to {_size(free)} free while unpacking, less "
+                           f"than min_free_bytes ({_size(min_free)}); nothing was installed",
+                           hint="free space there, or lower min_free_bytes in the app file")
 
 
 def _decompression_errors() -> tuple[type[BaseException], ...]:
@@ -357,7 +396,7 @@ def install(app: AppConfig, tarball: Path, version: str, checksum: str | None, s
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(mode=0o755)
     try:
-        size = unpack(tarball, staging, app.max_release_bytes, strip, name)
+        size = unpack(tarball, staging, app.max_release_bytes, strip, name, app.min_free_bytes)
         warning = _check_layout(app, staging, version)
         _check_exec(app, staging)
         _check_free_space(app, 0)
