@@ -497,3 +497,22 @@ def test_a_tarball_with_a_gigantic_header_is_refused_without_reading_it(safe):
     assert out.rc == 1 and "extended header of" in out.stderr and "refused before reading it" in out.stderr
     assert "9.0.0" not in safe.releases()
     assert safe.status()["serving"]
+
+
+def test_an_agent_killed_between_an_installs_record_and_its_rename_forgets_it_and_installs_it_again(safe):
+    from test_agent_package import show
+    from test_switch import agent_failpoints
+
+    tarball = safe.release("3.1.0")
+    with agent_failpoints(safe.host):
+        pid = show(safe.host, "bloom-agent", "MainPID")["MainPID"]
+        safe.host.check_output("echo install-recorded > /run/bloom-failpoint")
+        out = safe.bloomctl("install safe", tarball)
+        assert out.rc == 1, "the agent should have died under bloomctl"
+        wait_until(lambda: show(safe.host, "bloom-agent", "MainPID")["MainPID"] not in ("0", pid), 30, "the restart")
+        wait_until(lambda: safe.bloomctl("status safe").rc == 0, 30, "the agent to answer")
+        wait_until(lambda: "3.1.0" not in safe.releases(), 30, "the unfinished install to be forgotten")
+        assert not safe.host.file("/var/lib/bloom/releases/safe/3.1.0").exists
+        out = safe.bloomctl("install safe", tarball)
+        assert out.rc == 0, out.stderr
+        assert safe.releases()["3.1.0"] == "installed"

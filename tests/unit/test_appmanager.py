@@ -277,3 +277,16 @@ def test_history_keeps_the_newest_deployments_and_those_a_backup_needs(tmp_path)
     assert kept == [in_flight, ids[9], ids[8], ids[1]]
     assert store.steps(ids[0]) == [] and store.steps(ids[9]) != []
     assert [r["id"] for r in store.history("api")] == [other]
+
+
+def test_reconcile_forgets_an_install_killed_before_its_rename_and_sweeps_a_half_removed_app(env):
+    env.add("1.0.0")
+    env.switch("1.0.0")
+    # Killed between the record and the rename: a record, no directory.
+    env.store.add_release("web", "2.0.0", "2.0.0", "0" * 64, 1)
+    half_removed = env.tmp / "rel" / ".install-removed-app-old-4242"
+    (half_removed / "1.0.0").mkdir(parents=True)
+    env.run(env.manager.reconcile([]))
+    assert [r["version"] for r in env.store.releases("web")] == ["1.0.0"]
+    assert not half_removed.exists()
+    assert "forgot 2.0.0, whose install did not finish" in env.store.history("web")[0]["reason"]

@@ -19,6 +19,13 @@ def app(tmp_path):
     return load_app(f)
 
 
+def install(app, *args, **kwargs) -> releases.Installed:
+    """An install as the agent makes it: unpacked, then (once recorded) put in place."""
+    done = releases.install(app, *args, **kwargs)
+    releases.place(done)
+    return done
+
+
 def make_tar(path: Path, members, mode="w:gz") -> Path:
     with tarfile.open(path, mode) as tar:
         for name, data, kind, fmode, link in members:
@@ -38,7 +45,7 @@ GOOD = [("bin", b"", tarfile.DIRTYPE, 0o755, ""), ("bin/server", b"#!/bin/sh\n",
 @pytest.mark.parametrize("mode", ["w:gz", "w:xz"])
 def test_install_good_release(app, tmp_path, mode):
     tarball = make_tar(tmp_path / "web-1.0.0.tar.gz", GOOD, mode)
-    done = releases.install(app, tarball, "1.0.0", None)
+    done = install(app, tarball, "1.0.0", None)
     assert done.path == app.releases_dir / "1.0.0"
     assert (done.path / "bin" / "server").read_bytes() == b"#!/bin/sh\n"
     assert os.access(done.path / "bin" / "server", os.X_OK)
@@ -53,11 +60,11 @@ def test_install_zstd(app, tmp_path):
     plain = make_tar(tmp_path / "plain.tar", GOOD, "w")
     tarball = tmp_path / "web-1.0.0.tar.zst"
     tarball.write_bytes(zstandard.ZstdCompressor().compress(plain.read_bytes()))
-    assert releases.install(app, tarball, "1.0.0", None).path.is_dir()
+    assert install(app, tarball, "1.0.0", None).path.is_dir()
 
 
 def test_build_metadata_version_gets_an_instance_name(app, tmp_path):
-    done = releases.install(app, make_tar(tmp_path / "x.tar.gz", GOOD), "1.0.0+build.7", None)
+    done = install(app, make_tar(tmp_path / "x.tar.gz", GOOD), "1.0.0+build.7", None)
     assert done.instance == "1.0.0_build.7" and done.path.name == "1.0.0_build.7"
 
 
@@ -87,7 +94,7 @@ def test_build_metadata_version_gets_an_instance_name(app, tmp_path):
 def test_unsafe_or_incomplete_archives_leave_nothing(app, tmp_path, members, message):
     tarball = make_tar(tmp_path / "t.tar.gz", members)
     with pytest.raises(releases.InstallError, match=message):
-        releases.install(app, tarball, "1.0.0", None)
+        install(app, tarball, "1.0.0", None)
     assert list(app.releases_dir.iterdir()) == []
 
 
@@ -95,7 +102,7 @@ def test_not_an_archive(app, tmp_path):
     junk = tmp_path / "junk.tar.gz"
     junk.write_bytes(os.urandom(4000))
     with pytest.raises(releases.InstallError, match="is not a gzip, xz or zstd compressed tar archive"):
-        releases.install(app, junk, "1.0.0", None)
+        install(app, junk, "1.0.0", None)
 
 
 def test_truncated_archive(app, tmp_path):
@@ -103,7 +110,7 @@ def test_truncated_archive(app, tmp_path):
     cut = tmp_path / "cut.tar.gz"
     cut.write_bytes(good.read_bytes()[:20000])
     with pytest.raises(releases.InstallError, match="not a readable tar archive"):
-        releases.install(app, cut, "1.0.0", None)
+        install(app, cut, "1.0.0", None)
     assert list(app.releases_dir.iterdir()) == []
 
 
@@ -120,15 +127,15 @@ def test_checksum_sources():
 def test_checksum_mismatch_refused(app, tmp_path):
     tarball = make_tar(tmp_path / "t.tar.gz", GOOD)
     with pytest.raises(releases.InstallError, match="checksum mismatch"):
-        releases.install(app, tarball, "1.0.0", "0" * 64)
+        install(app, tarball, "1.0.0", "0" * 64)
     assert list(app.releases_dir.iterdir()) == []
 
 
 def test_already_installed(app, tmp_path):
     tarball = make_tar(tmp_path / "t.tar.gz", GOOD)
-    releases.install(app, tarball, "1.0.0", None)
+    install(app, tarball, "1.0.0", None)
     with pytest.raises(releases.InstallError, match="already installed"):
-        releases.install(app, tarball, "1.0.0", None)
+        install(app, tarball, "1.0.0", None)
 
 
 def test_free_space_floor(tmp_path):
@@ -136,7 +143,7 @@ def test_free_space_floor(tmp_path):
     f.write_text(f'listen = ["127.0.0.1:8080"]\nexec = "bin/server"\nreleases_dir = "{tmp_path}/r"\n'
                  f"min_free_bytes = {2**62}\n")
     with pytest.raises(releases.InstallError, match="not enough free space"):
-        releases.install(load_app(f), make_tar(tmp_path / "t.tar.gz", GOOD), "1.0.0", None)
+        install(load_app(f), make_tar(tmp_path / "t.tar.gz", GOOD), "1.0.0", None)
 
 
 @pytest.mark.parametrize("name, version", [("web-1.2.3.tar.gz", "1.2.3"), ("web-1.2.3-rc.1.tgz", "1.2.3-rc.1"),
@@ -173,23 +180,23 @@ def _with_exec(app, exec_line):
 def test_one_top_level_directory_named_for_the_version_is_refused(app, tmp_path, exec_line):
     tarball = make_tar(tmp_path / "web-1.4.0.tar.gz", PREFIXED)
     with pytest.raises(releases.InstallError) as info:
-        releases.install(_with_exec(app, exec_line), tarball, "1.4.0", None)
+        install(_with_exec(app, exec_line), tarball, "1.4.0", None)
     assert "everything in the tarball is under one directory, 'web-1.4.0/'" in str(info.value)
     assert "tar -czf web-1.4.0.tar.gz -C web-1.4.0 ." in info.value.hint and "--strip-components 1" in info.value.hint
     assert list(app.releases_dir.iterdir()) == []
 
 
 def test_strip_components_installs_a_prefixed_tarball(app, tmp_path):
-    done = releases.install(app, make_tar(tmp_path / "web-1.4.0.tar.gz", PREFIXED), "1.4.0", None, strip=1)
+    done = install(app, make_tar(tmp_path / "web-1.4.0.tar.gz", PREFIXED), "1.4.0", None, strip=1)
     assert (done.path / "bin" / "server").read_bytes() == b"#!/bin/sh\n"
     assert (done.path / "static" / "b.txt").read_bytes() == b"hello" and not done.warning
 
 
 def test_one_directory_is_fine_when_exec_goes_through_it_and_a_warning_otherwise(app, tmp_path):
     package = [("pkg", b"", tarfile.DIRTYPE, 0o755, ""), ("pkg/server", b"#!/bin/sh\n", tarfile.REGTYPE, 0o755, "")]
-    done = releases.install(_with_exec(app, "pkg/server"), make_tar(tmp_path / "a.tar.gz", package), "1.0.0", None)
+    done = install(_with_exec(app, "pkg/server"), make_tar(tmp_path / "a.tar.gz", package), "1.0.0", None)
     assert done.warning == ""
-    done = releases.install(_with_exec(app, "/usr/bin/python3 -m pkg"), make_tar(tmp_path / "b.tar.gz", package),
+    done = install(_with_exec(app, "/usr/bin/python3 -m pkg"), make_tar(tmp_path / "b.tar.gz", package),
                             "1.0.1", None)
     assert done.warning.startswith("everything in the tarball is under one directory, 'pkg/'; the app starts in the "
                                    "directory above it")
@@ -198,7 +205,7 @@ def test_one_directory_is_fine_when_exec_goes_through_it_and_a_warning_otherwise
 def test_group_and_world_write_bits_are_masked(app, tmp_path):
     members = [("bin", b"", tarfile.DIRTYPE, 0o777, ""), ("bin/server", b"#!/bin/sh\n", tarfile.REGTYPE, 0o777, ""),
                ("data.txt", b"x", tarfile.REGTYPE, 0o666, "")]
-    done = releases.install(app, make_tar(tmp_path / "w.tar.gz", members), "1.0.0", None)
+    done = install(app, make_tar(tmp_path / "w.tar.gz", members), "1.0.0", None)
     assert {p.name: p.stat().st_mode & 0o777 for p in [done.path / "bin", done.path / "bin/server",
                                                         done.path / "data.txt"]} == {
         "bin": 0o755, "server": 0o755, "data.txt": 0o644}
@@ -212,7 +219,7 @@ def test_a_nul_byte_in_a_pax_name_is_refused_clearly(app, tmp_path):
         info.mode, info.size = 0o755, 3
         tar.addfile(info, io.BytesIO(b"#!x"))
     with pytest.raises(releases.InstallError, match=r"has a NUL byte in its name"):
-        releases.install(app, path, "1.0.0", None)
+        install(app, path, "1.0.0", None)
     assert list(app.releases_dir.iterdir()) == []
 
 
@@ -227,7 +234,7 @@ def test_pythons_data_filter_is_asked_too_where_there_is_one(app, tmp_path, monk
 
     monkeypatch.setattr(releases, "DATA_FILTER", strict)
     with pytest.raises(releases.InstallError, match="'static/a.txt' refused by Python's tar data filter: not for you"):
-        releases.install(app, make_tar(tmp_path / "f.tar.gz", GOOD), "1.0.0", None)
+        install(app, make_tar(tmp_path / "f.tar.gz", GOOD), "1.0.0", None)
     assert seen[:3] == ["bin", "bin/server", "static/a.txt"]
     assert list(app.releases_dir.iterdir()) == []
 
@@ -243,7 +250,7 @@ def test_an_extended_header_too_large_to_read_is_refused_before_it_is_read(app, 
         tar.addfile(info, io.BytesIO(b"#!x"))
     assert path.stat().st_size < 20000  # a few KB of gzip: what made the agent read gigabytes
     with pytest.raises(releases.InstallError, match=r"extended header of \d+ bytes \(more than 1048576\)"):
-        releases.install(app, path, "1.0.0", None)
+        install(app, path, "1.0.0", None)
     assert list(app.releases_dir.iterdir()) == []
     assert gzip.decompress(path.read_bytes())  # a valid archive, refused for what it holds
 
@@ -252,7 +259,7 @@ def test_an_archive_with_too_many_members_is_refused(app, tmp_path, monkeypatch)
     monkeypatch.setattr(releases, "MAX_MEMBERS", 10)
     members = GOOD + [(f"static/{i}.txt", b"", tarfile.REGTYPE, 0o644, "") for i in range(10)]
     with pytest.raises(releases.InstallError, match="has more than 10 members"):
-        releases.install(app, make_tar(tmp_path / "many.tar.gz", members), "1.0.0", None)
+        install(app, make_tar(tmp_path / "many.tar.gz", members), "1.0.0", None)
     assert list(app.releases_dir.iterdir()) == []
 
 
@@ -272,5 +279,5 @@ def test_free_space_is_checked_again_as_the_unpacking_goes(app, tmp_path, monkey
     monkeypatch.setattr(releases.shutil, "disk_usage", shrinking)
     small = app.__class__(**{**app.__dict__, "min_free_bytes": 1})
     with pytest.raises(releases.InstallError, match="down to 0 bytes free while unpacking"):
-        releases.install(small, make_tar(tmp_path / "w.tar.gz", GOOD), "1.0.0", None)
+        install(small, make_tar(tmp_path / "w.tar.gz", GOOD), "1.0.0", None)
     assert list(app.releases_dir.iterdir()) == []

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -186,11 +185,3 @@ def backend_for(db: DatabaseConfig, run_as: RunAs) -> Backend:
 def _last_lines(output: str, count: int = 5) -> str:
     lines = [line for line in output.strip().splitlines() if line.strip()]
     return " | ".join(lines[-count:]) if lines else "no output"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -9,8 +9,8 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bloom_agent.database.backends import fsync_dir
 from bloom_agent.errors import DatabaseError
+from bloom_agent.store.releases import fsync_dir
 
 PARTIAL = ".partial"
 READ_BYTES = 1024 * 1024

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 from bloom_agent.config.apps import AppConfig, app_warnings, describe, load_apps, refuse_shared_addresses
 from bloom_agent.control.auth import Caller
 from bloom_agent.database.guard import DatabaseGuard
-from bloom_agent.deploy import events
+from bloom_agent.deploy import events, failpoints
 from bloom_agent.deploy.deployment import OUTCOMES, Step
 from bloom_agent.deploy.hooks import run_hooks
 from bloom_agent.deploy.switcher import Deployment, Journal, Outcome, Progress, Switcher, no_progress
@@ -217,10 +217,18 @@ class AppManager:
                                                received.sha256, display)
             finally:
                 received.path.unlink(missing_ok=True)
+            # Recorded before it is put in place: a killed agent leaves a record without a directory
+            # (dropped at the next start), never a directory nobody knows of.
+            self.store.add_release(app.name, version, done.instance, done.sha256, done.size)
+            failpoints.hit("install-recorded")
+            try:
+                await asyncio.to_thread(releases.place, done)
+            except BloomError:
+                self.store.delete_release(app.name, version)
+                raise
         except BloomError as err:
             self.store.finish_deployment(dep, "failed", "failed", err.message)
             raise
-        self.store.add_release(app.name, version, done.instance, done.sha256, done.size)
         self.store.finish_deployment(dep, "done", "done", f"{done.size} bytes, sha256 {done.sha256}")
         events.emit(logging.INFO, events.INSTALLED, f"{app.name}: installed {version} ({done.size} bytes, sha256 "
                     f"{done.sha256}) by {caller.label}", app.name, version, dep, BLOOM_CALLER=caller.label)
@@ -614,6 +622,8 @@ class AppManager:
         An app a request holds meanwhile is left to that request, which settles it on its own."""
         for app, dep, holder in claimed:
             await self._run(app, dep, holder, no_progress)
+        for leftover in releases.remove_root_leftovers(self.releases_root):
+            log.warning("removed %s, left by an app removal that did not finish", leftover)
         for app in list(self.apps.values()):
             try:
                 holder = self._acquire(app.name, "reconcile", "bloom-agent")
@@ -627,8 +637,15 @@ class AppManager:
 
     async def _settle(self, app: AppConfig) -> None:
         releases.remove_staging_leftovers(app)
-        current = self.store.app_state(app.name)["current"]
+        state = self.store.app_state(app.name)
+        current = state["current"]
         actions = []
+        for row in self.store.releases(app.name):
+            # An install killed between its record and its rename: the record goes, nothing else was there.
+            if row["status"] == "installed" and row["version"] not in (current, state["last_good"]) and \
+                    not (app.releases_dir / row["instance"]).is_dir():
+                self.store.delete_release(app.name, row["version"])
+                actions.append(f"forgot {row['version']}, whose install did not finish")
         if current is not None:
             unit = app.instance_unit(versions.instance(current))
             if not self.systemd.status(unit).active:

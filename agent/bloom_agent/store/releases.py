@@ -46,6 +46,7 @@ class Installed:
     sha256: str
     size: int
     warning: str = ""
+    staging: Path | None = None  # unpacked and on disk, until place() renames it to ``path``
 
 
 def version_from_name(app: str, filename: str) -> str:
@@ -370,10 +371,11 @@ async def receive(app: AppConfig, upload: Upload, name: str) -> Received:
 
 def install(app: AppConfig, tarball: Path, version: str, checksum: str | None, strip: int = 0,
             digest: str | None = None, name: str | None = None, check: bool = False) -> Installed:
-    """Validate and unpack; the caller records the result. Raises InstallError and leaves nothing.
-    ``digest``: the tarball's SHA-256 when already known (computed as it was received); ``name``: how
-    to call it in messages (the name the caller gave it, not the spool file's); ``check``: validate
-    only, the unpacked tree is removed instead of put in place."""
+    """Validate and unpack into a staging directory, flushed to disk; the caller records the release,
+    then puts it in place with ``place``. Raises InstallError and leaves nothing. ``digest``: the
+    tarball's SHA-256 when already known (computed as it was received); ``name``: how to call it in
+    messages (the name the caller gave it, not the spool file's); ``check``: validate only, the
+    unpacked tree is removed."""
     name = name or tarball.name
     versions.validate(version)
     instance = versions.instance(version)
@@ -404,7 +406,7 @@ def install(app: AppConfig, tarball: Path, version: str, checksum: str | None, s
             shutil.rmtree(staging)
         else:
             os.chmod(staging, 0o755)
-            os.rename(staging, final)
+            _flush(staging)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise InstallError(f"cannot install {app.name} {version}: {exc.strerror or exc}",
@@ -412,7 +414,56 @@ def install(app: AppConfig, tarball: Path, version: str, checksum: str | None, s
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return Installed(version=version, instance=instance, path=final, sha256=digest, size=size, warning=warning)
+    return Installed(version=version, instance=instance, path=final, sha256=digest, size=size, warning=warning,
+                     staging=None if check else staging)
+
+
+def place(done: Installed) -> None:
+    """Rename the unpacked release into place, durably. Called once its record is written: a release
+    directory never exists without its record, whenever the agent is killed."""
+    try:
+        os.rename(done.staging, done.path)
+        fsync_dir(done.path.parent)
+    except OSError as exc:
+        shutil.rmtree(done.staging, ignore_errors=True)
+        raise InstallError(f"cannot put {done.version} in place at {done.path}: {exc.strerror or exc}") from exc
+
+
+def discard_staged(done: Installed) -> None:
+    if done.staging is not None:
+        shutil.rmtree(done.staging, ignore_errors=True)
+
+
+def _flush(tree: Path) -> None:
+    """Everything just unpacked, on disk before it is renamed into place: syncfs(2) on its file system,
+    one call whatever the number of files (os.sync where libc has no syncfs)."""
+    import ctypes
+
+    fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+        if syncfs is None or syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_root_leftovers(releases_root: Path) -> list[Path]:
+    """What an app removal killed half-way left beside the apps' release directories."""
+    if not releases_root.is_dir():
+        return []
+    leftovers = [p for p in releases_root.iterdir() if p.name.startswith(f"{STAGING_PREFIX}removed-app-")]
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    return leftovers
 
 
 def remove_staging_leftovers(app: AppConfig) -> list[Path]:
