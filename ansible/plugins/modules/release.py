@@ -31,7 +31,8 @@ options:
     description:
       - C(present) the release serves, after a switch if needed.
       - C(rolled_back) the app goes back to its previous good release; with I(version), only if
-        I(version) is the one serving (so that a fleet-wide revert touches only the hosts that switched).
+        I(version) is the one serving (so that a fleet-wide revert touches only the hosts that switched,
+        and running it again changes nothing). Without I(version) every run rolls back one release further.
       - C(absent) the release is removed from the host (refused by the agent if it is in use).
     type: str
     choices: [present, rolled_back, absent]
