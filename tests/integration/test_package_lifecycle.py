@@ -6,6 +6,7 @@ import os
 import pytest
 
 from machine import make_upgrade_deb
+from test_switch import make_release
 from test_agent_package import show, status_json
 
 pytestmark = pytest.mark.usefixtures("installed")
@@ -28,11 +29,29 @@ def test_upgrade_keeps_state_and_control_socket(machine, deb, tmp_path):
     assert host.service("bloom-agent").is_running
 
 
-def test_purge_leaves_nothing_behind(machine, deb):
+def test_purge_leaves_nothing_behind(machine, deb, tmp_path):
     host = machine.host
     status_json(host)
+    # An app deployed, with a drop-in of the administrator's own: purge takes the app down too.
+    built = make_release("1.0.0", tmp_path)
+    machine.put(built, "/root/purgeme-1.0.0.tar.gz")
+    host.check_output("mkdir -p /etc/bloom/apps /etc/systemd/system/purgeme.socket.d && printf "
+                      "'listen = [\"127.0.0.1:8099\"]\nexec = \"bin/sampleapp\"\nprobation_sec = 1\n' "
+                      "> /etc/bloom/apps/purgeme.toml && printf '[Socket]\nBacklog=64\n' > "
+                      "/etc/systemd/system/purgeme.socket.d/admin.conf && bloomctl reload")
+    deployed = host.run("bloomctl deploy purgeme /root/purgeme-1.0.0.tar.gz")
+    assert deployed.rc == 0, deployed.stderr
     out = host.run("apt-get purge -y bloom-agent")
     assert out.rc == 0, out.stdout + out.stderr
+    assert "took app purgeme off this host" in out.stdout
+    assert host.run("curl -sS --max-time 5 http://127.0.0.1:8099/").rc != 0, "the app's socket is closed"
+    assert host.check_output("systemctl list-units --all --no-legend --plain 'purgeme*'") == ""
+    for path in ("/etc/systemd/system/purgeme.socket", "/etc/systemd/system/purgeme@.service",
+                 "/etc/systemd/system/purgeme.socket.d/50-bloom-release.conf",
+                 "/etc/systemd/system/sockets.target.wants/purgeme.socket"):
+        assert not host.file(path).exists, f"{path} left behind by purge"
+    assert host.file("/etc/systemd/system/purgeme.socket.d/admin.conf").exists, "the admin's own drop-in stays"
+    host.check_output("rm -rf /etc/systemd/system/purgeme.socket.d && systemctl daemon-reload")
     for path in ("/etc/bloom", "/var/lib/bloom", "/run/bloom", "/usr/bin/bloomctl", "/usr/bin/bloom-agent",
                  "/lib/systemd/system/bloom-agent.service", "/lib/systemd/system/bloom-agent.socket",
                  "/usr/lib/python3/dist-packages/bloom_agent", "/usr/lib/sysusers.d/bloom-agent.conf",
