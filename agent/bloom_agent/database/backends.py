@@ -94,7 +94,7 @@ class PostgresBackend:
         if ran.returncode is None:
             raise DatabaseError(f"{what} did not finish within {timeout:g} s (backup_timeout_sec)")
         if ran.returncode:
-            raise DatabaseError(f"{what} exited with status {ran.returncode}: {_last_lines(ran.output)}")
+            raise DatabaseError(f"{what} exited with status {ran.returncode}: {last_lines(ran.output)}")
 
     async def dump(self, dest: Path, timeout: float) -> None:
         with open(dest, "wb") as out:
@@ -111,7 +111,7 @@ class PostgresBackend:
             made = await run_program([PG_RESTORE, "--clean", "--if-exists", "--no-owner", "--file", "-", str(source)],
                                      stdout=script, timeout=timeout, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
             if made.returncode != 0:
-                raise DatabaseError(f"pg_restore cannot read backup {source}: {_last_lines(made.output)}")
+                raise DatabaseError(f"pg_restore cannot read backup {source}: {last_lines(made.output)}")
             script.seek(0)
             await self._run([PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "--dbname",
                              self.db.url], "the restore (psql)", timeout, stdin=script)
@@ -182,6 +182,6 @@ def backend_for(db: DatabaseConfig, run_as: RunAs) -> Backend:
     return PostgresBackend(db, run_as) if db.backend == "postgresql" else SqliteBackend(db)
 
 
-def _last_lines(output: str, count: int = 5) -> str:
+def last_lines(output: str, count: int = 5) -> str:
     lines = [line for line in output.strip().splitlines() if line.strip()]
     return " | ".join(lines[-count:]) if lines else "no output"

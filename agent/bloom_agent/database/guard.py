@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from bloom_agent.config.apps import AppConfig
-from bloom_agent.database.backends import Backend, _last_lines, backend_for
+from bloom_agent.database.backends import Backend, backend_for, last_lines
 from bloom_agent.database.shelf import BackupShelf
 from bloom_agent.errors import DatabaseError
 from bloom_agent.store.state import StateStore, utcnow
@@ -85,8 +85,8 @@ class DatabaseGuard:
         log.error("%s: %s of %s failed after %.1f s:\n%s", app.name, what, version, seconds, output or "(no output)",
                   extra={"BLOOM_APP": app.name, "BLOOM_VERSION": version})
         if ran.returncode is None:
-            raise DatabaseError(f"{what} ({command!r}) did not finish within {timeout:g} s: {_last_lines(output)}")
-        raise DatabaseError(f"{what} ({command!r}) exited with status {ran.returncode}: {_last_lines(output)}")
+            raise DatabaseError(f"{what} ({command!r}) did not finish within {timeout:g} s: {last_lines(output)}")
+        raise DatabaseError(f"{what} ({command!r}) exited with status {ran.returncode}: {last_lines(output)}")
 
     # -- before a switch ----------------------------------------------------------------------
 
@@ -102,7 +102,7 @@ class DatabaseGuard:
             return ran.returncode == 0
         raise DatabaseError(f"database.pending ({db.pending!r}) should exit 0 (pending) or 1 (none), "
                             f"exited {ran.returncode if ran.returncode is not None else 'at its time limit'}: "
-                            f"{_last_lines(ran.output)}")
+                            f"{last_lines(ran.output)}")
 
     async def take_backup(self, app: AppConfig, deployment: int | None, version: str | None, label: str) -> dict:
         """A whole, recorded backup, or DatabaseError with nothing left behind."""
