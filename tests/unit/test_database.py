@@ -77,6 +77,13 @@ def schema(tmp_path):
         db.close()
 
 
+def with_database(app, **changes):
+    """The app with some [database] keys changed."""
+    import dataclasses
+
+    return dataclasses.replace(app, database=dataclasses.replace(app.database, **changes))
+
+
 def first(tmp_path, store, switcher, app):
     # 1.0.0 serves already: as if deployed before the app had a [database] table.
     store.set_app_state("web", current="1.0.0", last_good="1.0.0")
@@ -187,8 +194,7 @@ def test_a_backup_that_cannot_be_taken_refuses_the_switch_and_changes_nothing(en
 def test_a_backup_directory_short_of_space_says_so(env):
     tmp_path, store, systemd, switcher = env
     app = app_file(tmp_path)
-    app = app.__class__(**{**app.__dict__, "database": app.database.__class__(
-        **{**app.database.__dict__, "min_free_bytes": 1 << 60})})
+    app = with_database(app, min_free_bytes=1 << 60)
     first(tmp_path, store, switcher, app)
     dep, out = run(switcher, app, "2.0.0")
     assert out.outcome == "failed"
@@ -212,8 +218,7 @@ def test_a_manual_rollback_undoes_the_migrations_of_the_release_it_leaves(env):
 def test_retention_keeps_the_backup_a_rollback_needs(env):
     tmp_path, store, systemd, switcher = env
     app = app_file(tmp_path, extra="")
-    app = app.__class__(**{**app.__dict__, "database": app.database.__class__(
-        **{**app.database.__dict__, "keep_backups": 1, "pending": "exit 0"})})
+    app = with_database(app, keep_backups=1, pending="exit 0")
     first(tmp_path, store, switcher, app)
     guard = switcher.database
     olds = [guard_backup(guard, app, i) for i in range(3)]
@@ -231,8 +236,7 @@ def guard_backup(guard, app, i):
 def test_pending_that_says_no_skips_backup_and_migration(env):
     tmp_path, store, systemd, switcher = env
     app = app_file(tmp_path)
-    app = app.__class__(**{**app.__dict__, "database": app.database.__class__(
-        **{**app.database.__dict__, "pending": "exit 1"})})
+    app = with_database(app, pending="exit 1")
     first(tmp_path, store, switcher, app)
     dep, out = run(switcher, app, "2.0.0")
     assert out.outcome == "done" and store.backups("web") == [] and store.migration_of(dep.id) is None
@@ -336,8 +340,7 @@ def test_an_agent_killed_during_the_restore_restores_again(env):
 def test_a_migration_out_of_time_is_killed_and_undone(env):
     tmp_path, store, systemd, switcher = env
     app = app_file(tmp_path)
-    app = app.__class__(**{**app.__dict__, "database": app.database.__class__(
-        **{**app.database.__dict__, "migrate": MIGRATE + "; echo still going; sleep 30", "migrate_timeout_sec": 0.5})})
+    app = with_database(app, migrate=MIGRATE + "; echo still going; sleep 30", migrate_timeout_sec=0.5)
     first(tmp_path, store, switcher, app)
     before = schema(tmp_path)
     dep, out = run(switcher, app, "2.0.0")
