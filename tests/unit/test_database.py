@@ -348,3 +348,20 @@ def test_a_migration_out_of_time_is_killed_and_undone(env):
     assert "did not finish within 0.5 s: still going" in out.reason and "restored backup" in out.reason
     assert schema(tmp_path) == before
     assert store.migration_of(dep.id)["state"] == "undone"
+
+
+def test_a_sqlite_file_name_with_uri_characters_is_backed_up_and_restored(tmp_path):
+    from bloom_agent.database.backends import SqliteBackend
+
+    odd = tmp_path / "app?mode=rw#1.db"
+    db = sqlite3.connect(odd)
+    db.execute("CREATE TABLE t (x)")
+    db.commit()
+    backend = SqliteBackend(type("Db", (), {"url": str(odd)})())
+    asyncio.run(backend.dump(tmp_path / "copy.sqlite3", 10))
+    digest = asyncio.run(backend.schema_digest(10))
+    db.execute("DROP TABLE t")
+    db.commit()
+    db.close()
+    asyncio.run(backend.restore(tmp_path / "copy.sqlite3", 10))
+    assert asyncio.run(backend.schema_digest(10)) == digest

@@ -138,10 +138,10 @@ class SqliteBackend:
         self.path = Path(db.url)
 
     async def dump(self, dest: Path, timeout: float) -> None:
-        await asyncio.to_thread(self._copy, f"file:{self.path}?mode=ro", str(dest), "backup")
+        await asyncio.to_thread(self._copy, _read_only(self.path), str(dest), "backup")
 
     async def restore(self, source: Path, timeout: float) -> None:
-        await asyncio.to_thread(self._copy, f"file:{source}?mode=ro", str(self.path), "restore")
+        await asyncio.to_thread(self._copy, _read_only(source), str(self.path), "restore")
 
     @staticmethod
     def _copy(source: str, dest: str, what: str) -> None:
@@ -168,7 +168,7 @@ class SqliteBackend:
         if not self.path.is_file():
             raise DatabaseError(f"SQLite database {self.path} does not exist", hint="check database.url")
         try:
-            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            conn = sqlite3.connect(_read_only(self.path), uri=True)
             try:
                 rows = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name").fetchall()
             finally:
@@ -176,6 +176,11 @@ class SqliteBackend:
         except sqlite3.Error as exc:
             raise DatabaseError(f"cannot read the schema of {self.path}: {exc}") from exc
         return _digest([repr(row) for row in rows])
+
+
+def _read_only(path: Path) -> str:
+    """A read-only SQLite URI for ``path``, percent-encoded: a '?' or '#' in a file name stays a name."""
+    return path.as_uri() + "?mode=ro"
 
 
 def backend_for(db: DatabaseConfig, run_as: RunAs) -> Backend:
