@@ -422,14 +422,20 @@ class AppManager:
                 await run_hooks("rollback_failure", app.on_rollback_failure, outcome.as_dict())
             else:
                 await run_hooks("rollback", app.on_rollback, outcome.as_dict())
+            self._prune_history(app.name)
             return outcome
         finally:
             self._release(app.name, holder)
-            self._prune_history(app.name)
             self.on_change()
 
     def _prune_history(self, name: str) -> None:
-        pruned = self.store.prune_history(name, self.history_keep)
+        """After a switch that ended (not one left to the next start): the history's retention. Never
+        the switch's business to fail on."""
+        try:
+            pruned = self.store.prune_history(name, self.history_keep)
+        except Exception as exc:
+            log.warning("%s: history not pruned: %s", name, exc)
+            return
         if pruned:
             log.info("%s: %d old deployment(s) deleted from the history (agent.history_keep = %d)", name, pruned,
                      self.history_keep)
