@@ -178,11 +178,10 @@ class Switcher:
     async def _preparing(self, dep: Deployment) -> str:
         for command in dep.app.pre_switch:
             try:
-                await self._guard().command(dep.app, "pre_switch", command, dep.new,
+                await self._guard().command(dep.app, "pre_switch command", command, dep.new,
                                             self.release_dir(dep.app, dep.new), dep.app.ready_timeout_sec)
             except DatabaseError as err:
-                return self._fail(dep, err.message.replace("pre_switch", "pre_switch command", 1)
-                                  + "; the switch is refused, nothing changed")
+                return self._fail(dep, f"{err.message}; the switch is refused, nothing changed")
         return OK
 
     def _guard(self) -> DatabaseGuard:
