@@ -113,6 +113,12 @@ class SystemdUnavailable(BloomError):
     code = "systemd_unavailable"
 
 
+class ListenError(BloomError):
+    """An app's changed socket could not be put in place; what listened before listens again."""
+
+    code = "listen"
+
+
 class SystemdCallFailed(BloomError):
     code = "systemd_call_failed"
 
@@ -138,6 +144,7 @@ _BY_CODE = {
         StateError,
         DatabaseError,
         SystemdUnavailable,
+        ListenError,
         SystemdCallFailed,
     )
 }

@@ -318,6 +318,21 @@ def app_remove(obj: Context, app: str, yes: bool) -> None:
     click.echo(f"removed {app} ({stopped}; {result['file']} deleted)")
 
 
+@app_group.command("relisten")
+@click.argument("app")
+@json_option
+@click.pass_obj
+def app_relisten(obj: Context, app: str, as_json: bool) -> None:
+    """Put APP's changed socket (listen and socket keys of its file, after 'bloomctl reload') in place now,
+    the least disruptive way, and say which: addresses only removed keep the others open; anything else
+    closes the socket for a moment. The serving release restarts on the new socket."""
+    result = obj.call("app-relisten", {"app": app}, timeout=None)
+    if as_json:
+        _print_json(result)
+    else:
+        click.echo(result["text"])
+
+
 @cli.group("backup")
 def backup_group() -> None:
     """An app's database backups (apps with a [database] table)."""

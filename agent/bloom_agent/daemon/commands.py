@@ -127,6 +127,12 @@ async def app_remove(agent: "Agent", caller: Caller, args: dict[str, Any], progr
     return await agent.apps.remove_app(a.get("app", str, required=True), caller)
 
 
+async def app_relisten(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,
+                       upload: Upload | None) -> dict[str, Any]:
+    a = Args("app-relisten", args, {"app"})
+    return await agent.apps.relisten(a.get("app", str, required=True), caller)
+
+
 async def wait(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,
                upload: Upload | None) -> dict[str, Any]:
     a = Args("wait", args, {"app"})
@@ -186,6 +192,7 @@ COMMANDS: dict[str, Handler] = {
     "show": show,
     "wait": wait,
     "app-remove": app_remove,
+    "app-relisten": app_relisten,
     "backup-list": backup_list,
     "backup-create": backup_create,
     "backup-restore": backup_restore,

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 from bloom_agent.config.apps import AppConfig, app_warnings, describe, load_apps, refuse_shared_addresses
 from bloom_agent.control.auth import Caller
 from bloom_agent.database.guard import DatabaseGuard
-from bloom_agent.deploy import events, failpoints
+from bloom_agent.deploy import events, failpoints, relisten
 from bloom_agent.deploy.deployment import OUTCOMES, Step
 from bloom_agent.deploy.hooks import run_hooks
 from bloom_agent.deploy.switcher import Deployment, Journal, Outcome, Progress, Switcher, no_progress
@@ -99,13 +99,16 @@ class AppManager:
                             "has finished", app.name)
                 apps[app.name] = self.apps[app.name]
                 continue
-            socket_changed, service_changed = self.units.write_app_units(app)
+            # A socket in use is left as it is: a release keeps the descriptors it started with, so a
+            # change reaches it only with a new process (relisten, or the next switch).
+            in_use = self.store.app_state(app.name)["current"] is not None
+            socket_changed, service_changed = self.units.write_app_units(app, socket=not in_use)
             changed |= socket_changed or service_changed
-            if socket_changed and self.store.app_state(app.name)["current"] is not None:
-                # Never done by the agent: restarting the socket closes the listening sockets, a
-                # moment in which connections are refused. The operator picks that moment.
-                log.warning("%s: listening addresses changed; they apply once you run "
-                            "'systemctl restart %s' (connections are refused for a moment)", app.name, app.socket_unit)
+            if in_use and (pending := self.units.socket_change(app)).way != "unchanged":
+                warning = (f"{app.path}: the socket changed ({pending.describe()}): it applies at the next switch "
+                           f"of {app.name}, or now with 'bloomctl app relisten {app.name}'")
+                log.warning("%s", warning)
+                warnings.append(warning)
         if changed:
             await self.systemd.daemon_reload()
         self.apps, self.app_errors, self.app_warnings = apps, errors, warnings
@@ -301,6 +304,24 @@ class AppManager:
             return {"app": name, "removed": True, "stopped": stopped, "file": str(app.path)}
         finally:
             self._release(name, holder)
+
+    async def relisten(self, name: str, caller: Caller) -> dict:
+        """Put the app file's socket in place now, the least disruptive way systemd allows
+        (``deploy/relisten.py``), and restart the serving release on it; recorded in the history."""
+        app = self.app(name)
+        with self.holding(name, "relisten", caller.user):
+            current = self.store.app_state(name)["current"]
+            serving = app.instance_unit(versions.instance(current)) if current else None
+            dep = self.store.begin_deployment(name, "relisten", current or "-", None, "relistening", caller.label)
+            try:
+                done = await relisten.apply(self.systemd, self.units, app, serving, self.systemd.daemon_reload,
+                                            restart=True)
+            except BloomError as err:
+                self.store.finish_deployment(dep, "failed", "failed", err.message)
+                raise
+            self.store.finish_deployment(dep, "done", "done", done.text())
+            log.info("%s (by %s)", done.text(), caller.label, extra=events.fields(name, current, dep))
+            return done.as_dict()
 
     def _in_use(self, app: AppConfig, version: str) -> str:
         state = self.store.app_state(app.name)

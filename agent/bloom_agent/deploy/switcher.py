@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from bloom_agent.config.apps import AppConfig
-from bloom_agent.deploy import events, failpoints
+from bloom_agent.deploy import events, failpoints, relisten
 from bloom_agent.database.guard import TO_UNDO, DatabaseGuard
 from bloom_agent.deploy.deployment import (BROKEN, FAIL, FIRST_STEP, LEFT, OK, OUTCOMES, RESUME_AFTER_RESTART, TERMINAL,
                                           Deployment, Outcome, Step, next_step, settle)
@@ -314,12 +314,15 @@ class Switcher:
         since = time.time()
         if dep.old is None:
             # First deploy: the socket must name a release before systemd will start it.
-            if self.units.point_socket(app, versions.instance(dep.new), trial=True):
+            socket_written = self.units.write_socket(app)  # a change left pending while an older release ran
+            if self.units.point_socket(app, versions.instance(dep.new), trial=True) or socket_written:
                 await self._reload(dep)
             self.systemd.enable(app.socket_unit)
             if await self.systemd.start(app.socket_unit) != "done":
                 why = f"cannot start {app.socket_unit}: {self.systemd.status(app.socket_unit).describe()}"
                 return self._fail(dep, await self._with_journal(why, app.socket_unit, since))
+        else:
+            await self._apply_socket_change(dep)
         began = time.monotonic()
         result = await self.systemd.start(dep.new_unit)
         status = self.systemd.status(dep.new_unit)
@@ -327,6 +330,19 @@ class Switcher:
             why = unitfailure.not_ready(status, time.monotonic() - began, app.ready_timeout_sec, app.notify)
             return self._fail(dep, await self._with_journal(why, dep.new_unit, since, app.socket_unit))
         return OK
+
+    async def _apply_socket_change(self, dep: Deployment) -> None:
+        """A socket change left pending by a reload reaches NEW: it starts on the new socket. Dropped
+        addresses cost nothing (OLD keeps serving them until it stops); anything else stops OLD first."""
+        change = self.units.socket_change(dep.app)
+        if change.way == "unchanged":
+            return
+        done = await relisten.apply(self.systemd, self.units, dep.app, dep.old_unit, lambda: self._reload(dep),
+                                    restart=False)
+        if done.not_listening_sec is not None:
+            dep.timings["socket-closed"] = done.not_listening_sec
+        log.warning("%s: the socket change left pending (%s) is applied by this switch: %s", dep.app.name,
+                    change.describe(), done.way, extra=dep.fields)
 
     async def _with_journal(self, reason: str, unit: str, since: float, socket_unit: str | None = None) -> str:
         try:

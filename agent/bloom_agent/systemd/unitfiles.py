@@ -8,8 +8,8 @@ that reboots during probation comes back on the last good release.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import shlex
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,47 @@ TRIAL_DROPIN = "60-bloom-trial.conf"
 
 # The first line of every unit file the agent writes: how it knows its own from a unit it must not touch.
 MARK = "# Written by bloom-agent"
+
+
+@dataclass(frozen=True)
+class SocketChange:
+    """How the app file's socket differs from the one systemd has (the file the agent last wrote)."""
+
+    old: tuple[str, ...]      # the addresses in the written APP.socket
+    new: tuple[str, ...]      # the addresses in the app file
+    written: bool             # an APP.socket is on disk
+    only_listen: bool         # nothing but the addresses differs
+
+    @property
+    def added(self) -> tuple[str, ...]:
+        return tuple(a for a in self.new if a not in self.old)
+
+    @property
+    def removed(self) -> tuple[str, ...]:
+        return tuple(a for a in self.old if a not in self.new)
+
+    @property
+    def way(self) -> str:
+        """``unchanged``; ``drop``: addresses only removed, which a daemon-reload takes from the running
+        socket while it keeps the others open; ``rebind``: anything else, which systemd applies only
+        to a socket it opens anew (systemd 252 does not open added addresses on a running socket)."""
+        if self.written and self.old == self.new and self.only_listen:
+            return "unchanged"
+        if self.written and self.only_listen and self.removed and not self.added:
+            return "drop"
+        return "rebind"
+
+    def describe(self) -> str:
+        parts = [f"adds {', '.join(self.added)}"] if self.added else []
+        parts += [f"removes {', '.join(self.removed)}"] if self.removed else []
+        if not self.only_listen:
+            parts.append("changes its other settings")
+        return "; ".join(parts) or "reorders its addresses"
+
+
+def listen_in(text: str) -> tuple[str, ...]:
+    """The ListenStream= addresses of a socket unit the agent wrote (one per line, unquoted)."""
+    return tuple(line.split("=", 1)[1] for line in text.splitlines() if line.startswith("ListenStream="))
 
 
 @dataclass(frozen=True)
@@ -163,11 +204,34 @@ class UnitWriter:
                     return path
         return None
 
-    def write_app_units(self, app: AppConfig) -> tuple[bool, bool]:
-        """Write both units; returns (socket changed, service template changed)."""
-        templates = self.paths.templates
-        socket_changed = write_if_changed(self.paths.etc / app.socket_unit, render_socket(app, templates))
-        return socket_changed, write_if_changed(self.paths.etc / app.template_unit, render_service(app, templates))
+    def write_app_units(self, app: AppConfig, socket: bool = True) -> tuple[bool, bool]:
+        """Write the service template, and the socket unless told not to (a socket in use changes only
+        by ``bloomctl app relisten`` or a switch); returns (socket changed, service changed)."""
+        socket_changed = self.write_socket(app) if socket else False
+        return socket_changed, write_if_changed(self.paths.etc / app.template_unit,
+                                                render_service(app, self.paths.templates))
+
+    def write_socket(self, app: AppConfig) -> bool:
+        return write_if_changed(self.paths.etc / app.socket_unit, render_socket(app, self.paths.templates))
+
+    def written_socket(self, app: AppConfig) -> str | None:
+        try:
+            return (self.paths.etc / app.socket_unit).read_text()
+        except FileNotFoundError:
+            return None
+
+    def restore_socket(self, app: AppConfig, text: str) -> None:
+        """Put back a socket unit as it was (a change that systemd could not bind)."""
+        write_if_changed(self.paths.etc / app.socket_unit, text)
+
+    def socket_change(self, app: AppConfig) -> SocketChange:
+        text = self.written_socket(app)
+        if text is None:
+            return SocketChange((), app.listen, written=False, only_listen=False)
+        old = listen_in(text)
+        # The file as it would be with the old addresses: equal means nothing but the addresses changed.
+        same_rest = render_socket(dataclasses.replace(app, listen=old), self.paths.templates) == text
+        return SocketChange(old, app.listen, written=True, only_listen=same_rest)
 
     def dropin(self, app: AppConfig, layer: str) -> Path:
         if layer == "etc":
