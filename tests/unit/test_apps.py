@@ -49,9 +49,20 @@ def test_minimal_app_with_defaults(tmp_path):
     ('listen = ["127.0.0.1:80"]\nexec = "x"\nread_write_paths = ["/srv/a /etc"]\n', "' ' is not allowed in a path"),
     ('listen = ["127.0.0.1:80"]\nexec = "x"\nreleases_dir = "/srv/$HOME"\n', "'$' is not allowed in a path"),
     ('listen = ["127.0.0.1:80"]\nexec = "x"\nreleases_dir = "srv"\n', "'srv' is not an absolute path"),
+    # the Unix socket's owner and mode
+    ('listen = ["/run/web/a.sock"]\nexec = "x"\nsocket_mode = "660"\n', None),
+    ('listen = ["/run/web/a.sock"]\nexec = "x"\nsocket_mode = "0999"\n', "'0999' is not a file mode: write three octal"),
+    ('listen = ["/run/web/a.sock"]\nexec = "x"\nsocket_mode = "04777"\n', "'04777' is not a file mode"),
+    ('listen = ["/run/web/a.sock"]\nexec = "x"\nsocket_mode = 0o660\n', "key 'socket_mode': must be a string, got integer 432"),
+    ('listen = ["/run/web/a.sock"]\nexec = "x"\nsocket_user = "web\\nSocketMode=0777"\n', "is not a valid user or group"),
+    ('listen = ["127.0.0.1:80"]\nexec = "x"\nsocket_group = "www-data"\n',
+     "key 'socket_group' applies to Unix socket addresses, and listen has none"),
 ])
 def test_bad_app_files_name_file_and_key(tmp_path, text, message):
     path = write(tmp_path, text)
+    if message is None:  # the accepted neighbour of the refusals around it
+        apps.load_app(path)
+        return
     with pytest.raises(ConfigError) as info:
         apps.load_app(path)
     assert str(path) in str(info.value)
@@ -85,6 +96,27 @@ def test_rendered_units(tmp_path):
     assert 'Environment="GREETING=50%% off $today"\n' in service
     assert "User=www-data\n" in service and "DynamicUser" not in service
     assert "ProtectSystem=strict\n" in service
+
+
+def test_the_socket_names_its_descriptors_binds_freely_and_sets_the_unix_sockets_owner_and_mode(tmp_path):
+    socket = unitfiles.render_socket(apps.load_app(write(tmp_path, MINIMAL)))
+    assert {"FileDescriptorName=web", "FreeBind=yes", "SocketMode=0666"} <= set(socket.splitlines())
+    assert "SocketUser" not in socket and "SocketGroup" not in socket
+    app = apps.load_app(write(tmp_path, MINIMAL + 'socket_user = "www-data"\nsocket_group = "bloom"\n'
+                                                  'socket_mode = "0660"\n'))
+    assert "SocketMode=0660\nSocketUser=www-data\nSocketGroup=bloom\n" in unitfiles.render_socket(app)
+    # IP_FREEBIND means nothing to a Unix socket, and systemd warns when it is asked for one
+    only_unix = apps.load_app(write(tmp_path, 'listen = ["/run/web/a.sock"]\nexec = "x"\n'))
+    assert "FreeBind" not in unitfiles.render_socket(only_unix)
+
+
+def test_a_socket_owner_the_host_does_not_have_is_warned_about(tmp_path):
+    app = apps.load_app(write(tmp_path, 'listen = ["/run/web/a.sock"]\nexec = "x"\nsocket_user = "no-such-user-x"\n'
+                                        'socket_group = "root"\n'))
+    assert apps.socket_owner_warnings(app) == [
+        f"{app.path}: socket_user 'no-such-user-x' does not exist on this host; the socket will not start until it does"]
+    shared = apps.load_app(write(tmp_path, 'listen = ["/run/web/a.sock"]\nexec = "x"\nsocket_group = "nogroup"\n'))
+    assert "socket_group 'nogroup' is shared by unrelated programs" in apps.socket_owner_warnings(shared)[0]
 
 
 def test_log_rate_limit(tmp_path):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import os
+import pwd
 import re
 import shlex
 from dataclasses import dataclass
@@ -77,6 +79,20 @@ def _listen_problem(address: str) -> str | None:
     if ":" in host and not host.startswith("["):
         return "write IPv6 addresses in brackets, e.g. \"[::]:443\""
     return None
+
+
+def _check_socket_mode(value: str) -> str | None:
+    """An octal file mode as systemd's SocketMode= takes it; no setuid, setgid or sticky bit."""
+    if not re.fullmatch(r"0?[0-7]{3}", value, re.ASCII):
+        return f'{value!r} is not a file mode: write three octal digits as a string, e.g. "0660"'
+    return None
+
+
+_check_socket_mode.describe = 'octal mode, e.g. `"0660"`'
+
+
+def _check_socket_owner(value: str) -> str | None:
+    return _check_user(value) if value else None
 
 
 def _check_exec(value: str) -> str | None:
@@ -153,6 +169,13 @@ def _check_paths(value: list) -> str | None:
 APP_FIELDS = [
     Field("listen", list, None, _check_listen, required=True, kind="list of strings",
           help="addresses the app's socket unit listens on"),
+    # Unix socket addresses only: who may connect is decided by the socket file's owner and mode.
+    Field("socket_user", str, "", _check_socket_owner, shown_default="`root`",
+          help="owner of the Unix socket files in `listen` (`SocketUser=`)"),
+    Field("socket_group", str, "", _check_socket_owner, shown_default="`root`",
+          help="group of the Unix socket files in `listen` (`SocketGroup=`)"),
+    Field("socket_mode", str, "0666", _check_socket_mode,
+          help="mode of the Unix socket files in `listen` (`SocketMode=`); connecting needs write permission"),
     Field("exec", str, None, _check_exec, required=True,
           help="command line of the app, program relative to the release directory"),
     Field("user", str, "", _check_user,
@@ -223,6 +246,9 @@ class AppConfig:
     # one attribute per APP_FIELDS entry, health_check parsed into health_checks
     # (tests/unit/test_config.py checks they match)
     listen: tuple[str, ...]
+    socket_user: str
+    socket_group: str
+    socket_mode: str
     exec: str
     user: str
     group: str
@@ -285,13 +311,19 @@ def load_app(path: Path, releases_root: Path = DEFAULT_RELEASES_ROOT) -> AppConf
     name = path.name.removesuffix(".toml")
     if not _APP_NAME.fullmatch(name):
         raise ConfigError(f"{path}: invalid app name {name!r} (from the file name): use a-z, 0-9, '-' and '_'")
-    values = parse_table(read_toml(path), APP_FIELDS, path)
+    table = read_toml(path)
+    values = parse_table(table, APP_FIELDS, path)
     for field in APP_FIELDS:
         if field.required and values[field.name] is None:
             raise ConfigError(f"{path}: missing required key '{field.name}'", hint=_EXAMPLE)
     checks = parse_checks(values.pop("health_check"), path, tuple(values["listen"]))
     if values["database"] is not None:
         values["database"] = parse_database(values["database"], path, values["user"])
+    unix = any(address.startswith("/") for address in values["listen"])
+    for key in ("socket_user", "socket_group", "socket_mode"):
+        if key in table and not unix:
+            raise ConfigError(f"{path}: key '{key}' applies to Unix socket addresses, and listen has none",
+                              hint=f"remove {key}, or add an absolute socket path to listen")
     if values["pre_switch"] and not values["user"]:
         raise ConfigError(f"{path}: pre_switch commands run as the app's user, and 'user' is not set",
                           hint='set user = "NAME" (an existing system user)')
@@ -388,9 +420,30 @@ def secret_file_warnings(app: AppConfig) -> list[str]:
     return warnings
 
 
+def socket_owner_warnings(app: AppConfig) -> list[str]:
+    """A socket owner that does not exist makes systemd fail the socket, at the next deploy."""
+    warnings = []
+    for key, name, lookup in (("socket_user", app.socket_user, pwd.getpwnam), ("socket_group", app.socket_group,
+                                                                                 grp.getgrnam)):
+        if not name:
+            continue
+        if name in ("nobody", "nogroup"):
+            # systemd says "Special user nobody configured, this is not safe!": whatever runs as
+            # nobody (NFS's squashed users among them) could take the socket over.
+            warnings.append(f"{app.path}: {key} {name!r} is shared by unrelated programs, which could then "
+                            f"connect to or replace the socket; use a user or group of the app's own")
+            continue
+        try:
+            lookup(name)
+        except KeyError:
+            warnings.append(f"{app.path}: {key} {name!r} does not exist on this host; the socket will not start "
+                            f"until it does")
+    return warnings
+
+
 def app_warnings(app: AppConfig) -> list[str]:
     """What ``bloomctl reload`` and ``bloom-agent --check-config`` warn about an app file that loads."""
-    return probation_warnings(app) + secret_file_warnings(app)
+    return probation_warnings(app) + secret_file_warnings(app) + socket_owner_warnings(app)
 
 
 _EXAMPLE = 'a minimal app file:\n  listen = ["127.0.0.1:8080"]\n  exec = "bin/server --port-from-systemd"'

@@ -117,7 +117,8 @@ def exec_start(app: AppConfig) -> str:
 
 def render_socket(app: AppConfig, templates: tuple[Path, ...] = (SOURCE_TEMPLATES,)) -> str:
     return _environment(templates).get_template("app.socket.j2").render(
-        app=app, unix_sockets=any(a.startswith("/") for a in app.listen)
+        app=app, unix_sockets=any(a.startswith("/") for a in app.listen),
+        ip_sockets=any(not a.startswith("/") for a in app.listen),
     )
 
 

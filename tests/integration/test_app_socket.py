@@ -1,0 +1,66 @@
+"""The app socket on real systemd: descriptors named after the app, FreeBind, and a Unix socket's owner
+and mode as the app file says."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_agent_package import show
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "sampleapp"))
+from make_release import make_release  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("installed")
+
+# 192.0.2.10 is TEST-NET-1: the machine does not have it, so only FreeBind lets the socket bind it.
+APP_FILE = """\
+listen = ["127.0.0.1:8190", "192.0.2.10:8191", "/run/sockapp/http.sock"]
+exec = "bin/sampleapp"
+probation_sec = 1
+ready_timeout_sec = 20
+socket_user = "sockowner"
+socket_group = "bloom"
+socket_mode = "0660"
+"""
+
+
+@pytest.fixture(scope="module")
+def sockapp(machine, tmp_path_factory):
+    host = machine.host
+    host.check_output("id sockowner || useradd --system --no-create-home sockowner")
+    host.check_output(f"mkdir -p /etc/bloom/apps && cat > /etc/bloom/apps/sockapp.toml <<'EOF'\n{APP_FILE}EOF")
+    host.check_output("bloomctl reload")
+    machine.put(make_release("1.0.0", tmp_path_factory.mktemp("sockapp")), "/root/sockapp-1.0.0.tar.gz")
+    out = host.run("bloomctl deploy sockapp /root/sockapp-1.0.0.tar.gz")
+    assert out.rc == 0, out.stdout + out.stderr
+    yield host
+    host.run("bloomctl app remove sockapp --yes")
+
+
+def test_the_socket_as_systemd_loaded_it(sockapp):
+    props = show(sockapp, "sockapp.socket", "FreeBind", "FileDescriptorName", "SocketMode", "SocketUser",
+                 "SocketGroup", "ActiveState")
+    assert props == {"FreeBind": "yes", "FileDescriptorName": "sockapp", "SocketMode": "0660",
+                     "SocketUser": "sockowner", "SocketGroup": "bloom", "ActiveState": "active"}
+
+
+def test_the_unix_socket_on_disk_has_the_owner_and_mode_of_the_app_file(sockapp):
+    assert sockapp.check_output("stat -c '%F %U %G %a' /run/sockapp/http.sock") == "socket sockowner bloom 660"
+    assert sockapp.check_output("curl -sS --max-time 5 --unix-socket /run/sockapp/http.sock http://x/") == \
+        "sampleapp 1.0.0"
+    # a user who is neither its owner nor in its group may not connect
+    denied = sockapp.run("setpriv --reuid=4242 --regid=4242 --clear-groups "
+                         "curl -sS --max-time 5 --unix-socket /run/sockapp/http.sock http://x/")
+    assert denied.rc == 7, denied.stdout + denied.stderr  # curl: could not connect
+
+
+def test_an_address_the_host_does_not_have_is_bound_and_every_descriptor_is_named(sockapp):
+    assert sockapp.check_output("curl -sS --max-time 5 http://127.0.0.1:8190/") == "sampleapp 1.0.0"
+    listening = sockapp.check_output("ss -Hltn 'sport = :8191'")
+    assert "192.0.2.10:8191" in listening
+    pid = show(sockapp, "sockapp@1.0.0.service", "MainPID")["MainPID"]
+    environ = sockapp.check_output(f"tr '\\0' '\\n' < /proc/{pid}/environ")
+    assert "LISTEN_FDS=3" in environ.splitlines()
+    assert "LISTEN_FDNAMES=sockapp:sockapp:sockapp" in environ.splitlines()
+
