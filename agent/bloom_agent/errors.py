@@ -15,6 +15,9 @@ EXIT_USAGE = 2
 EXIT_NOT_SERVING = 3
 # bloomctl stopped waiting (Ctrl-C) while the agent carries on: the shell's code for SIGINT.
 EXIT_DETACHED = 130
+# sysexits.h EX_UNAVAILABLE: the agent cannot reach systemd over D-Bus; the unit lists it in
+# RestartPreventExitStatus= too, since a restart a second later finds no bus either.
+EXIT_UNAVAILABLE = getattr(os, "EX_UNAVAILABLE", 69)
 # sysexits.h EX_CONFIG: the unit sets RestartPreventExitStatus=78, so systemd does not loop on it.
 EXIT_CONFIG = os.EX_CONFIG if hasattr(os, "EX_CONFIG") else 78
 
@@ -119,6 +122,13 @@ class ListenError(BloomError):
     code = "listen"
 
 
+class NoSystemBus(SystemdUnavailable):
+    """At start-up: the agent drives systemd over the D-Bus system bus and cannot reach it."""
+
+    code = "no_system_bus"
+    exit_code = EXIT_UNAVAILABLE
+
+
 class SystemdCallFailed(BloomError):
     code = "systemd_call_failed"
 
@@ -145,6 +155,7 @@ _BY_CODE = {
         DatabaseError,
         SystemdUnavailable,
         ListenError,
+        NoSystemBus,
         SystemdCallFailed,
     )
 }

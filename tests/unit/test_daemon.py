@@ -7,7 +7,7 @@ import sqlite3
 import subprocess
 import sys
 
-from agentproc import agent_env, daemon_argv, write_config
+from agentproc import REPO, agent_env, daemon_argv, write_config
 
 
 def raw_request(path, payload: bytes) -> dict:
@@ -148,3 +148,20 @@ def _wait_for_log(agent, text, timeout=10.0):
             return
         time.sleep(0.05)
     raise AssertionError(f"{text!r} not in agent log:\n{agent.log_text()}")
+
+
+def test_without_a_system_bus_the_agent_refuses_to_start_with_exit_69(tmp_path):
+    # On a host (no --root) the agent is nothing without systemd: it says so and exits with a status the
+    # unit's RestartPreventExitStatus= lists, instead of running on with "no apps configured".
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[agent]\nstate_dir = "{tmp_path}/state"\ncontrol_socket = "{tmp_path}/control.sock"\n'
+                      f'apps_dir = "{tmp_path}/apps"\n')
+    proc = subprocess.run([sys.executable, "-m", "bloom_agent.daemon", "--config", str(config)],
+                          env=agent_env(DBUS_SYSTEM_BUS_ADDRESS=f"unix:path={tmp_path}/no-bus"),
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 69, proc.stderr
+    assert "refusing to start: systemd cannot be reached over the D-Bus system bus" in proc.stderr
+    assert "apt install dbus" in proc.stderr
+    assert not (tmp_path / "control.sock").exists()
+    unit = (REPO / "units" / "bloom-agent.service").read_text()
+    assert "RestartPreventExitStatus=78 69\n" in unit

@@ -32,7 +32,8 @@ from bloom_agent.database.guard import DatabaseGuard
 from bloom_agent.deploy.backups import DatabaseOperations
 from bloom_agent.deploy.manager import AppManager
 from bloom_agent.deploy.switcher import Journal
-from bloom_agent.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, BloomError, ConfigError, InvalidArguments
+from bloom_agent.errors import (EXIT_CONFIG, EXIT_ERROR, EXIT_OK, BloomError, ConfigError, InvalidArguments,
+                                NoSystemBus)
 from bloom_agent.metrics.textfile import TextfileExporter
 from bloom_agent.store.state import StateStore, boot_id_from, utcnow
 from bloom_agent.systemd import adapter as systemd_adapter
@@ -245,6 +246,16 @@ def check_config(path: Path, cfg: config_mod.AgentConfig, paths: Paths) -> int:
     return EXIT_CONFIG if errors else EXIT_OK
 
 
+def require_systemd(systemd: Systemd) -> Systemd:
+    """On a host the agent is nothing without systemd: refuse to run rather than answer "no apps
+    configured" (only ``--root`` runs on without it, on purpose)."""
+    if isinstance(systemd, systemd_adapter.NoSystemd):
+        raise NoSystemBus(f"refusing to start: systemd cannot be reached over the D-Bus system bus ({systemd.why})",
+                          hint="bloom-agent drives systemd through the system bus: install and start it "
+                               "(apt install dbus; systemctl start dbus.socket), then: systemctl start bloom-agent")
+    return systemd
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logs.setup("info")
@@ -268,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("refusing to start: %s", err)
         return err.exit_code
     if args.root == Path("/"):
-        connect = lambda: systemd_adapter.connect(paths.cgroup_roots)  # noqa: E731
+        connect = lambda: require_systemd(systemd_adapter.connect(paths.cgroup_roots))  # noqa: E731
     else:
         connect = lambda: systemd_adapter.NoSystemd(f"running under --root {args.root}")  # noqa: E731
     agent = Agent(cfg, paths, store, Notifier(), sock, connect)
