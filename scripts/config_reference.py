@@ -15,7 +15,9 @@ from bloom_agent import __version__  # noqa: E402
 from bloom_agent.config.reference import manpage, update  # noqa: E402
 
 DOC = REPO / "docs" / "configuration.md"
-MAN = REPO / "packaging" / "debian" / "bloom-agent.toml.5"
+# packaging/debian/ in the repository; debian/ in the package's build tree, where the unit tests run too.
+DEBIAN = next((d for d in (REPO / "packaging" / "debian", REPO / "debian") if d.is_dir()), REPO / "packaging" / "debian")
+MAN = DEBIAN / "bloom-agent.toml.5"
 MAN_DATE = "December 2026"  # the month of the last change to the page's text
 
 

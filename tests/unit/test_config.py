@@ -91,7 +91,8 @@ def test_the_manual_page_of_the_files_is_made_from_the_same_declarations():
     checked = subprocess.run([sys.executable, str(repo / "scripts/config_reference.py"), "--check"],
                              capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
-    page = (repo / "packaging/debian/bloom-agent.toml.5").read_text()
+    page = (repo / "packaging/debian/bloom-agent.toml.5" if (repo / "packaging").is_dir()
+            else repo / "debian/bloom-agent.toml.5").read_text()  # the package's build tree
     for name in ("state_dir", "probation_sec", "rollback_strategy", "environment_files"):
         assert f"\n.B {name}\n" in page
 
