@@ -181,13 +181,6 @@ def test_bad_config_refused_at_start_without_restart_loop(machine):
     assert host.service("bloom-agent").is_running
 
 
-def test_units_pass_systemd_analyze_verify(machine):
-    host = machine.host
-    out = host.run("systemd-analyze verify --man=no bloom-agent.service bloom-agent.socket")
-    assert out.rc == 0, out.stderr
-    assert "bloom-agent" not in out.stderr, out.stderr
-
-
 def test_bash_completes_bloomctl_commands(machine):
     """The package's completion, loaded as bash-completion would, asks bloomctl for the words."""
     from shlex import quote

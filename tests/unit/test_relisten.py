@@ -121,3 +121,18 @@ def test_the_next_switch_applies_a_pending_rebind_before_the_new_release_starts(
     assert calls[4] == ("start", "web@1.1.0.service")
     assert "socket-closed" in out["timings"]
     assert listen_in(socket_file(env)) == ("127.0.0.1:9090",)
+
+
+def test_socket_settings_alone_wait_for_relisten_and_a_switch_leaves_them(env):
+    """An upgrade's new socket template, or socket_mode, would close the socket: a switch must not."""
+    path = env.tmp / "etc" / "web.socket"
+    path.write_text(path.read_text().replace("Accept=no\n", "Accept=no\nBacklog=64\n"))  # as an older agent wrote it
+    env.run(env.manager.load())
+    assert any("the socket changed (changes its other settings): it applies with 'bloomctl app relisten web' "
+               "(which closes the socket for a moment)" in w for w in env.manager.app_warnings)
+    env.systemd.calls.clear()
+    assert env.switch("1.1.0")["outcome"] == "done"
+    assert ("stop", "web.socket") not in env.systemd.calls
+    assert env.systemd.calls.index(("start", "web@1.1.0.service")) < env.systemd.calls.index(("stop", "web@1.0.0.service"))
+    assert "Backlog=64" in socket_file(env)
+    assert relisten(env)["way"] == "rebind" and "Backlog" not in socket_file(env)

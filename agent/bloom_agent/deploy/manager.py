@@ -105,8 +105,11 @@ class AppManager:
             socket_changed, service_changed = self.units.write_app_units(app, socket=not in_use)
             changed |= socket_changed or service_changed
             if in_use and (pending := self.units.socket_change(app)).way != "unchanged":
-                warning = (f"{app.path}: the socket changed ({pending.describe()}): it applies at the next switch "
-                           f"of {app.name}, or now with 'bloomctl app relisten {app.name}'")
+                if pending.old != pending.new:
+                    how = f"at the next switch of {app.name}, or now with 'bloomctl app relisten {app.name}'"
+                else:  # settings alone: a switch leaves them, as applying them closes the socket
+                    how = f"with 'bloomctl app relisten {app.name}' (which closes the socket for a moment)"
+                warning = f"{app.path}: the socket changed ({pending.describe()}): it applies {how}"
                 log.warning("%s", warning)
                 warnings.append(warning)
         if changed:

@@ -332,10 +332,12 @@ class Switcher:
         return OK
 
     async def _apply_socket_change(self, dep: Deployment) -> None:
-        """A socket change left pending by a reload reaches NEW: it starts on the new socket. Dropped
-        addresses cost nothing (OLD keeps serving them until it stops); anything else stops OLD first."""
+        """A changed listen left pending by a reload reaches NEW: it starts on the new socket. Dropped
+        addresses cost nothing (OLD keeps serving them until it stops); anything else stops OLD first.
+        Other socket settings alone (an upgrade's template, socket_mode) wait for 'bloomctl app relisten':
+        applying them would close the socket, and a switch is expected to cost nothing."""
         change = self.units.socket_change(dep.app)
-        if change.way == "unchanged":
+        if change.way == "unchanged" or change.old == change.new:
             return
         done = await relisten.apply(self.systemd, self.units, dep.app, dep.old_unit, lambda: self._reload(dep),
                                     restart=False)
