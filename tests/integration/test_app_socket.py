@@ -100,3 +100,18 @@ def test_systemd_analyze_security_offline_keeps_each_service_within_its_threshol
     # and the threshold bites: the release unit is above 1.0
     over = sockapp.run(f"systemd-analyze security --no-pager --offline=true --threshold=10 {paths['sockapp@.service']}")
     assert over.rc != 0 and "Overall exposure level for sockapp@i.service" in over.stdout
+
+
+def test_a_changed_socket_mode_waits_for_relisten_which_applies_it(sockapp):
+    sockapp.check_output("sed -i 's/^socket_mode = .*/socket_mode = \"0600\"/' /etc/bloom/apps/sockapp.toml")
+    out = sockapp.run("bloomctl reload")
+    assert out.rc == 0, out.stderr
+    assert ("the socket changed (changes its other settings): it applies with 'bloomctl app relisten sockapp' "
+            "(which closes the socket for a moment)") in out.stderr
+    assert sockapp.check_output("stat -c '%a' /run/sockapp/http.sock") == "660"
+    out = sockapp.run("bloomctl app relisten sockapp")
+    assert out.rc == 0 and "socket stopped and started again on" in out.stdout, out.stdout + out.stderr
+    assert sockapp.check_output("stat -c '%U %G %a' /run/sockapp/http.sock") == "sockowner bloom 600"
+    assert show(sockapp, "sockapp.socket", "SocketMode")["SocketMode"] == "0600"
+    assert sockapp.check_output("curl -sS --max-time 5 --unix-socket /run/sockapp/http.sock http://x/") == \
+        "sampleapp 1.0.0"
