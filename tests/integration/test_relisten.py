@@ -106,3 +106,17 @@ def test_the_next_switch_applies_a_pending_listen(api):
     assert api.answer(8182) == "sampleapp 1.1.0"
     assert api.refused(8181)
     assert api.host.check_output("systemctl show api.socket -p Listen --value").split() == ["127.0.0.1:8182", "(Stream)"]
+
+
+def test_a_switch_with_an_address_removed_loses_no_request(api):
+    api.listen(8182, 8183)
+    assert api.bloomctl("reload").rc == 0
+    assert api.bloomctl("app relisten api").rc == 0
+    api.listen(8183)
+    assert "it applies at the next switch of api" in api.bloomctl("reload").stderr
+    api.host.check_output("bloomctl install api " + api.release("1.2.0"))
+    # the address that stays is served throughout the switch that drops the other
+    under_load(api.host, "http://127.0.0.1:8183/", "bloomctl switch api 1.2.0", 100)
+    assert api.answer(8183) == "sampleapp 1.2.0"
+    assert api.refused(8182)
+    assert api.host.check_output("systemctl show api.socket -p Listen --value").split() == ["127.0.0.1:8183", "(Stream)"]
