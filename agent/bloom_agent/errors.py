@@ -56,6 +56,18 @@ class PermissionDenied(BloomError):
     code = "permission_denied"
 
 
+class Unauthorized(BloomError):
+    """An HTTPS API request without a valid signature: missing, wrong, outside the clock window, replayed."""
+
+    code = "unauthorized"
+
+
+class RateLimited(BloomError):
+    """An address refused too often lately: its requests wait until the minute is over."""
+
+    code = "rate_limited"
+
+
 class ProtocolError(BloomError):
     code = "protocol"
 
@@ -126,6 +138,8 @@ _BY_CODE = {
         ConfigError,
         AgentNotRunning,
         PermissionDenied,
+        Unauthorized,
+        RateLimited,
         ProtocolError,
         RequestTooLarge,
         UnknownCommand,
