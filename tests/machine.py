@@ -55,6 +55,8 @@ PACKAGES = (
     "python3-zstandard",
     "openssh-server",
     "curl",
+    # the HTTPS API tests make a certificate and sign requests with it (docs/api.md)
+    "openssl",
     "procps",
     "iproute2",
     "sudo",

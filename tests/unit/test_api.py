@@ -476,3 +476,95 @@ def test_bloomctl_url_says_what_is_wrong_on_its_side(tmp_path):
 
     untrusted = run(scenario())
     assert untrusted.returncode == 1 and "cannot verify" in untrusted.stderr and "--cacert" in untrusted.stderr
+
+
+def documented_recipe() -> str:
+    """The curl and openssl block of docs/api.md, as it stands there."""
+    text = (REPO / "docs/api.md").read_text()
+    block = text.split("<!-- recipe -->\n", 1)[1].split("<!-- /recipe -->", 1)[0]
+    return block.removeprefix("```sh\n").rsplit("```", 1)[0]
+
+
+def test_the_documented_curl_recipe_deploys_and_asks_for_status(tmp_path):
+    api = Api(tmp_path)
+    api.host.declare("blog", 8081)
+    work = tmp_path / "work"
+    work.mkdir()
+    api.host.tarball("blog", "1.5.0").rename(work / "blog-1.5.0.tar.gz")
+    settings = f"API={api.url}\nSECRET_FILE={api.settings.secret_file}\nCACERT={api.settings.certificate}\n"
+
+    async def scenario():
+        await api.start()
+        out = await asyncio.to_thread(subprocess.run, ["bash", "-ec", settings + documented_recipe()], cwd=work,
+                                      capture_output=True, text=True, timeout=60)
+        history = await api.host.call("history", {"app": "blog"})
+        await api.host.stop()
+        return out, history
+
+    out, history = run(scenario())
+    assert out.returncode == 0, out.stderr
+    deployed, status = [json.loads(line) for line in out.stdout.splitlines()]
+    assert deployed["ok"] and (deployed["result"]["outcome"], deployed["result"]["version"]) == ("done", "1.5.0")
+    assert status["result"]["current"] == "1.5.0"
+    assert {h["caller"] for h in history} == {"api from 127.0.0.1"}
+
+
+def socket_activated(tmp_path: Path, config_text: str) -> tuple[subprocess.Popen, int, Path]:
+    """The agent as a process, handed a control socket and an API socket the way systemd hands them
+    (fds 3 and 4, LISTEN_FDNAMES), running under --root tmp_path."""
+    from agentproc import agent_env, daemon_argv
+
+    (tmp_path / "control.sock").unlink(missing_ok=True)
+    control = socket.socket(socket.AF_UNIX)
+    control.bind(str(tmp_path / "control.sock"))
+    control.listen(8)
+    api = socket.socket()
+    api.bind(("127.0.0.1", 0))
+    api.listen(8)
+    config_path = tmp_path / "agent.toml"
+    config_path.write_text(config_text)
+
+    def as_systemd_does():
+        copies = [os.dup(control.fileno()), os.dup(api.fileno())]  # out of the way of 3 and 4 first
+        os.dup2(copies[0], 3)
+        os.dup2(copies[1], 4)
+
+    env = agent_env(LISTEN_FDS="2", LISTEN_FDNAMES="bloom-agent.socket:bloom-api")
+    argv = ["sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh", *daemon_argv(tmp_path, config_path)]
+    proc = subprocess.Popen(argv, env=env, preexec_fn=as_systemd_does, close_fds=False,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    control.close()
+    port = api.getsockname()[1]
+    api.close()
+    return proc, port, tmp_path / "control.sock"
+
+
+def test_the_agent_takes_the_api_socket_by_its_name_and_refuses_to_start_with_a_bad_api_setting(tmp_path):
+    files = make_credentials(tmp_path / "cred")
+    files["secret_file"].chmod(0o640)
+    table = "[api]\n" + "".join(f'{k} = "{v}"\n' for k, v in files.items())
+    proc, _, _ = socket_activated(tmp_path, '[agent]\nstate_dir = "/state"\n' + table)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 78, out
+    assert f"api.secret_file {files['secret_file']} may be read by others (mode 0640)" in out
+    assert "systemctl disable --now bloom-agent-api.socket" in out
+
+    files["secret_file"].chmod(0o600)
+    proc, port, control = socket_activated(tmp_path, '[agent]\nstate_dir = "/state"\n' + table)
+    try:
+        env = {**os.environ, "PYTHONPATH": str(REPO / "agent")}
+        ask = [sys.executable, "-m", "bloom_agent.cli", "--url", f"https://127.0.0.1:{port}", "--secret-file",
+               str(files["secret_file"]), "--cacert", str(files["certificate"]), "status", "--json"]
+        for _ in range(100):
+            remote = subprocess.run(ask, env=env, capture_output=True, text=True, timeout=30)
+            if remote.stdout:
+                break
+            time.sleep(0.1)
+        local = subprocess.run([sys.executable, "-m", "bloom_agent.cli", "--socket", str(control), "status", "--json"],
+                               env=env, capture_output=True, text=True, timeout=30)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert json.loads(remote.stdout)["caller"] == {"user": "api", "uid": -1, "remote": "127.0.0.1"}, remote.stderr + out
+    assert json.loads(local.stdout)["agent"]["pid"] == json.loads(remote.stdout)["agent"]["pid"]
+    assert f"HTTPS API listening on ('127.0.0.1', {port})" in out

@@ -243,11 +243,11 @@ class ApiServer(Serving):
             head = await self._authenticate(reader, address, loaded)
             await self._answer(reader, writer, address, loaded, head)
         except Refused as refused:
-            head = head or refused.head
+            _respond(writer, refused.status, protocol.error(refused.error), refused.headers)
+            head = head or refused.head or await _head_if_sent(reader)
             if refused.status != 429:  # counting the refusals of a waiting address would make its wait endless
                 self._note_failure(address, f"{refused.status} {refused.error.message}", head.target if head else "")
-            _respond(writer, refused.status, protocol.error(refused.error), refused.headers)
-            await self._finish(reader, writer, settings, head or await _head_if_sent(reader))
+            await self._finish(reader, writer, settings, head)
 
     async def _authenticate(self, reader: asyncio.StreamReader, address: str, loaded: Loaded) -> http11.RequestHead:
         head = await self._read_head(reader, address, loaded)
