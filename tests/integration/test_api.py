@@ -67,8 +67,11 @@ def api(installed, tmp_path_factory):
     assert host.run(f"curl -sS --max-time 5 -k {URL}/").rc == 7, "and nothing listens on its port"
     host.check_output(f"mkdir -p /etc/bloom/apps && cat > /etc/bloom/apps/blog.toml <<'EOF'\n"
                       f"{APP_FILE.format(ready=ready_timeout(machine, 5))}EOF\n" + CREDENTIALS)
-    # step 4: the socket, and the restart that hands it to the agent
-    host.check_output("systemctl enable --now bloom-agent-api.socket && systemctl restart bloom-agent")
+    # step 4: the socket, started while the agent is stopped, and the agent started after it
+    checked = host.check_output("bloom-agent --check-config 2>&1 || true")
+    assert "[api]: OK (certificate /etc/bloom/api.crt; allowed: 127.0.0.1, ::1)" in checked
+    host.check_output("systemctl enable bloom-agent-api.socket && "
+                      "systemctl stop bloom-agent && systemctl start bloom-agent-api.socket bloom-agent")
     wait_until(lambda: "bloom-agent" in host.run(f"{CLIENT} status").stdout, 30, "the API to answer")
     yield Api(machine, tmp_path_factory.mktemp("api"))
     host.run("systemctl disable --now bloom-agent-api.socket; systemctl restart bloom-agent")
@@ -117,12 +120,19 @@ def signed_curl(secret_file: str, target: str, times: int = 1, source: str = "12
             f"sig=$(printf 'BLOOM-HMAC-SHA256\\n%s\\n%s\\n%s\\n%s\\n%s' POST '{target}' \"$ts\" \"$nonce\" \"$digest\" | "
             f"openssl dgst -sha256 -hmac \"$(cat {secret_file})\" -r | cut -d' ' -f1); "
             f"for i in $(seq {times}); do curl -sS --interface {source} --cacert /etc/bloom/api.crt "
-            f"--data-binary @/dev/null -w ' %{{http_code}}\\n' -H \"Bloom-Timestamp: $ts\" -H \"Bloom-Nonce: $nonce\" "
+            f"--data-binary @/dev/null -w 'HTTP %{{http_code}}\\n' -H \"Bloom-Timestamp: $ts\" -H \"Bloom-Nonce: $nonce\" "
             f"-H \"Bloom-Content-SHA256: $digest\" -H \"Authorization: BLOOM-HMAC-SHA256 $sig\" '{URL}{target}'; done")
 
 
 def answers(output: str) -> list[tuple[dict, str]]:
-    return [(json.loads(line.rsplit(" ", 1)[0]), line.rsplit(" ", 1)[1]) for line in output.splitlines()]
+    """Each answer's last JSON line and its status (curl's ``-w`` line after the body)."""
+    found, last = [], None
+    for line in output.splitlines():
+        if line.startswith("HTTP "):
+            found.append((last, line.split()[1]))
+        elif line:
+            last = json.loads(line)
+    return found
 
 
 def test_a_wrong_signature_a_replay_and_a_refused_address_change_nothing(api):

@@ -568,3 +568,14 @@ def test_the_agent_takes_the_api_socket_by_its_name_and_refuses_to_start_with_a_
     assert json.loads(remote.stdout)["caller"] == {"user": "api", "uid": -1, "remote": "127.0.0.1"}, remote.stderr + out
     assert json.loads(local.stdout)["agent"]["pid"] == json.loads(remote.stdout)["agent"]["pid"]
     assert f"HTTPS API listening on ('127.0.0.1', {port})" in out
+
+
+def test_the_shipped_agent_toml_shows_every_api_default(tmp_path):
+    import re
+
+    shipped = (REPO / "conf/agent.toml").read_text()
+    uncommented = re.sub(r"(?m)^#(\[api\]|[a-z_]+ = )", r"\1", shipped)
+    path = tmp_path / "agent.toml"
+    path.write_text(uncommented)
+    assert "[api]" in uncommented and config.load(path).api == config.load(tmp_path / "absent.toml").api
+    assert {f.name for f in config.API_FIELDS} <= set(re.findall(r"(?m)^([a-z_]+) = ", uncommented))

@@ -140,8 +140,8 @@ def _connect(url: str, host: str, port: int, cacert: Path | None, timeout: float
         raw = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         raise BloomError(f"cannot connect to {url}: {exc.strerror or exc}",
-                         hint="is bloom-agent-api.socket enabled on that host, and the agent restarted since? "
-                              "(docs/api.md)") from None
+                         hint="is the API on there? (bloom-agent-api.socket enabled, and the agent started after it; "
+                              "docs/api.md)") from None
     try:
         sock = context.wrap_socket(raw, server_hostname=host)
     except ssl.SSLCertVerificationError as exc:

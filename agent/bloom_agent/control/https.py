@@ -179,7 +179,6 @@ class ApiServer(Serving):
         self._sock = sock
         self._dispatch = dispatch
         self._credentials_dir = credentials_dir
-        self._clock = clock
         self.loaded = load(settings, credentials_dir)
         self._verifier = signing.Verifier(settings.clock_window_sec, clock)
         self.failures = Failures()
@@ -188,8 +187,7 @@ class ApiServer(Serving):
     def configure(self, settings: Settings) -> None:
         """New settings (a reload): everything they name is read first, and nothing changes if any is wrong."""
         loaded = load(settings, self._credentials_dir)
-        if settings.clock_window_sec != self._verifier.window:
-            self._verifier.window = settings.clock_window_sec
+        self._verifier.window = settings.clock_window_sec
         self.loaded = loaded
 
     @property
@@ -228,8 +226,11 @@ class ApiServer(Serving):
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str,
                      loaded: Loaded) -> None:
         settings = loaded.settings
+        # One deadline for the handshake and the headers together: a client trickling either holds a
+        # connection no longer than header_timeout_sec.
+        deadline = asyncio.get_running_loop().time() + settings.header_timeout_sec
         try:
-            async with asyncio.timeout(settings.header_timeout_sec):
+            async with asyncio.timeout_at(deadline):
                 await writer.start_tls(loaded.tls)
         except TimeoutError:
             self._note_failure(address, "no TLS handshake within "
@@ -240,7 +241,7 @@ class ApiServer(Serving):
             return
         head = None
         try:
-            head = await self._authenticate(reader, address, loaded)
+            head = await self._authenticate(reader, address, loaded, deadline)
             await self._answer(reader, writer, address, loaded, head)
         except Refused as refused:
             _respond(writer, refused.status, protocol.error(refused.error), refused.headers)
@@ -249,8 +250,9 @@ class ApiServer(Serving):
                 self._note_failure(address, f"{refused.status} {refused.error.message}", head.target if head else "")
             await self._finish(reader, writer, settings, head)
 
-    async def _authenticate(self, reader: asyncio.StreamReader, address: str, loaded: Loaded) -> http11.RequestHead:
-        head = await self._read_head(reader, address, loaded)
+    async def _authenticate(self, reader: asyncio.StreamReader, address: str, loaded: Loaded,
+                            deadline: float) -> http11.RequestHead:
+        head = await self._read_head(reader, address, loaded, deadline)
         try:
             self._check(head, loaded)
         except Refused as refused:
@@ -258,7 +260,8 @@ class ApiServer(Serving):
             raise
         return head
 
-    async def _read_head(self, reader: asyncio.StreamReader, address: str, loaded: Loaded) -> http11.RequestHead:
+    async def _read_head(self, reader: asyncio.StreamReader, address: str, loaded: Loaded,
+                         deadline: float) -> http11.RequestHead:
         settings = loaded.settings
         if not loaded.allows(address):
             raise Refused(403, PermissionDenied(f"address {address} may not use this API ([api] allowed_ips)",
@@ -269,7 +272,7 @@ class ApiServer(Serving):
             raise Refused(429, RateLimited(f"too many refused requests from {address}; try again in {wait:.0f} s"),
                           {"Retry-After": str(int(wait) + 1)})
         try:
-            async with asyncio.timeout(settings.header_timeout_sec):
+            async with asyncio.timeout_at(deadline):
                 raw = await reader.readuntil(b"\r\n\r\n")
             head = http11.parse_request_head(raw)
         except TimeoutError:

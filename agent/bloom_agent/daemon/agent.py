@@ -259,7 +259,7 @@ def check_config(path: Path, cfg: config_mod.AgentConfig, paths: Paths) -> int:
             print(f"warning: {warning}")
     for error in errors.values():
         print(error, file=sys.stderr)
-    if cfg.from_file and "api" in read_toml(path):
+    if (cfg.from_file and "api" in read_toml(path)) or Path(cfg.api.certificate).exists():
         try:
             https.load(cfg.api, os.environ.get("CREDENTIALS_DIRECTORY"))
             print(f"[api]: OK (certificate {cfg.api.certificate}; allowed: {', '.join(cfg.api.allowed_ips)})")
