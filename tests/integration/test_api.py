@@ -161,3 +161,16 @@ def test_a_wrong_signature_a_replay_and_a_refused_address_change_nothing(api):
     assert "api: refused 127.0.0.1 /v1/remove?app=blog&version=1.6.0: 401 wrong signature" in journal
     assert "api: refused 127.0.0.2 /v1/remove?app=blog&version=1.6.0: 403 address 127.0.0.2 may not use" in journal
     assert "api: refused 127.0.0.1 /v1/remove?app=blog&version=1.6.0: 401 replayed request" in journal
+
+
+def test_the_api_stays_on_across_a_package_upgrade(api, deb):
+    """The upgrade restarts the agent but neither the API's socket nor its enablement: the new agent gets
+    the same socket and answers at once."""
+    since = api.host.check_output("systemctl show -p ActiveEnterTimestampMonotonic --value bloom-agent-api.socket")
+    out = api.run(f"env DEBIAN_FRONTEND=noninteractive apt-get install -y --reinstall /root/{deb.name}")
+    assert out.rc == 0, out.stdout + out.stderr
+    assert api.host.check_output("systemctl is-enabled bloom-agent-api.socket") == "enabled"
+    assert api.host.check_output(
+        "systemctl show -p ActiveEnterTimestampMonotonic --value bloom-agent-api.socket") == since
+    status = json.loads(wait_until(lambda: api.run(f"{CLIENT} status blog --json").stdout, 30, "the API after it"))
+    assert status["current"] == "1.5.0"

@@ -579,3 +579,35 @@ def test_the_shipped_agent_toml_shows_every_api_default(tmp_path):
     path.write_text(uncommented)
     assert "[api]" in uncommented and config.load(path).api == config.load(tmp_path / "absent.toml").api
     assert {f.name for f in config.API_FIELDS} <= set(re.findall(r"(?m)^([a-z_]+) = ", uncommented))
+
+
+def test_addresses_of_a_dual_stack_socket_and_ranges_of_both_families(tmp_path):
+    import dataclasses
+
+    assert https._address(("::ffff:192.0.2.7", 40000, 0, 0)) == "192.0.2.7"
+    assert https._address(("fe80::1%lo", 40000, 0, 1)) == "fe80::1"
+    settings = dataclasses.replace(api_config(tmp_path), allowed_ips=("192.0.2.0/24", "2001:db8::/32", "10.1.2.3"))
+    loaded = https.load(settings)
+    assert [loaded.allows(a) for a in ("192.0.2.200", "192.0.3.1", "2001:db8::5", "2001:db9::5", "10.1.2.3",
+                                       "10.1.2.4")] == [True, False, True, False, True, False]
+
+
+def test_any_bytes_are_a_request_head_or_a_refusal_with_a_status():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    lines = st.lists(st.sampled_from([b"POST /v1/status HTTP/1.1", b"Content-Length: 5", b"Content-Length: x",
+                                      b"Transfer-Encoding: chunked", b" folded", b"Host: h", b"", b"\xff"])
+                     | st.binary(max_size=40), max_size=6)
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.one_of(st.binary(max_size=300), lines.map(lambda ls: b"\r\n".join(ls) + b"\r\n\r\n")))
+    def parse(raw):
+        try:
+            head = http11.parse_request_head(raw)
+        except http11.HttpError as err:
+            assert err.status in http11.REASONS and err.message
+            return
+        assert head.target.startswith("/") and head.content_length >= 0
+
+    parse()
