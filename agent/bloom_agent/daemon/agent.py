@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from bloom_agent import __version__
 from bloom_agent.config import agent as config_mod
@@ -58,8 +58,9 @@ class Agent:
     which the D-Bus adapter needs). A test builds one under a temporary root with a fake systemd."""
 
     def __init__(self, config: config_mod.AgentConfig, paths: Paths, store: StateStore, notifier: Notifier,
-                 sock: socket.socket, connect_systemd: Callable[[], Systemd], journal: Journal = Journal(),
-                 api_sock: socket.socket | None = None, credentials_dir: str | None = None) -> None:
+                 sock: socket.socket, connect_systemd: Callable[[], Awaitable[Systemd]],
+                 journal: Journal = Journal(), api_sock: socket.socket | None = None,
+                 credentials_dir: str | None = None) -> None:
         self.config = config
         self.paths = paths
         self.store = store
@@ -75,6 +76,7 @@ class Agent:
         self.apps: AppManager | None = None
         self.database: DatabaseOperations | None = None
         self._reconciling: asyncio.Task | None = None
+        self._metrics_writing: asyncio.Task | None = None
         self.control = ControlServer(
             sock,
             self.dispatch,
@@ -105,12 +107,12 @@ class Agent:
 
     async def _run(self) -> int:
         guard = DatabaseGuard(self.store, self.paths.state_dir)
-        self.apps = AppManager(self.paths.apps_dir, self.paths.releases_dir, self.store, self._connect_systemd(),
+        self.apps = AppManager(self.paths.apps_dir, self.paths.releases_dir, self.store, await self._connect_systemd(),
                                UnitWriter.for_paths(self.paths), self._journal, guard)
         self.database = DatabaseOperations(self.apps, guard)
         self.apps.history_keep = self.config.history_keep
         self.metrics = TextfileExporter(self.paths.metrics_dir, self.apps)
-        self.apps.on_change = self.metrics.write
+        self.apps.on_change = self._write_metrics
         try:
             await self.apps.load()
         except BloomError as err:  # e.g. systemd unreachable: the agent still answers, and says why
@@ -135,10 +137,16 @@ class Agent:
             except TimeoutError:
                 sig = None
             self.notifier.watchdog()
-            self.metrics.write()
+            self._write_metrics()
             if sig is not None:
                 await self.handle_signal(sig)
         return await self._shutdown()
+
+    def _write_metrics(self) -> None:
+        """In the background, one write at a time: reading every app's units from a busy systemd must
+        not hold up the loop's watchdog pings or signals, and writes that would queue up say nothing new."""
+        if self._metrics_writing is None or self._metrics_writing.done():
+            self._metrics_writing = asyncio.ensure_future(self.metrics.write())
 
     async def handle_signal(self, sig: int) -> None:
         if sig == signal.SIGHUP:
@@ -177,8 +185,11 @@ class Agent:
             log.warning("second signal: stopping now without waiting for requests in flight")
             closing.cancel()
         second_signal.cancel()
-        self.metrics.write(up=False)
+        if self._metrics_writing is not None:
+            await asyncio.wait({self._metrics_writing})
+        await self.metrics.write(up=False)
         self.store.record_agent_event("stop", __version__)
+        self.apps.systemd.close()
         self.store.close()
         log.info("stopped")
         return EXIT_OK
@@ -293,10 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     except BloomError as err:
         log.error("refusing to start: %s", err)
         return err.exit_code
-    if args.root == Path("/"):
-        connect = lambda: systemd_adapter.connect(paths.cgroup_roots)  # noqa: E731
-    else:
-        connect = lambda: systemd_adapter.NoSystemd(f"running under --root {args.root}")  # noqa: E731
+    async def connect() -> Systemd:
+        if args.root == Path("/"):
+            return await systemd_adapter.connect(paths.cgroup_roots)
+        return systemd_adapter.NoSystemd(f"running under --root {args.root}")
+
     try:
         agent = Agent(cfg, paths, store, Notifier(), sock, connect, api_sock=sockets.api,
                       credentials_dir=os.environ.get("CREDENTIALS_DIRECTORY"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
@@ -55,7 +56,7 @@ async def status(agent: "Agent", caller: Caller, args: dict[str, Any], progress:
     a = Args("status", args, {"app"})
     app = a.get("app", str)
     if app:
-        return agent.apps.app_status(app)
+        return await agent.apps.app_status(app)
     return {
         "agent": {
             "version": __version__,
@@ -72,7 +73,7 @@ async def status(agent: "Agent", caller: Caller, args: dict[str, Any], progress:
             "systemd": agent.apps.systemd_problem() or "reachable",
         },
         "caller": {"user": caller.user, "uid": caller.uid, "remote": caller.remote},
-        "apps": [agent.apps.app_status(name) for name in sorted(agent.apps.apps)],
+        "apps": list(await asyncio.gather(*(agent.apps.app_status(name) for name in sorted(agent.apps.apps)))),
         "app_errors": agent.apps.app_errors,
     }
 
