@@ -62,6 +62,12 @@ class Unauthorized(BloomError):
     code = "unauthorized"
 
 
+class AddressRefused(BloomError):
+    """An HTTPS API request from an address outside [api] allowed_ips."""
+
+    code = "address_refused"
+
+
 class RateLimited(BloomError):
     """An address refused too often lately: its requests wait until the minute is over."""
 
@@ -139,6 +145,7 @@ _BY_CODE = {
         AgentNotRunning,
         PermissionDenied,
         Unauthorized,
+        AddressRefused,
         RateLimited,
         ProtocolError,
         RequestTooLarge,

@@ -356,7 +356,7 @@ def test_an_address_outside_allowed_ips_is_refused_before_anything_else(tmp_path
         return refused
 
     status, _, lines = run(scenario())
-    assert status == 403
+    assert (status, lines[0]["error"]["code"]) == (403, "address_refused")
     assert lines[0]["error"]["message"] == "address 127.0.0.1 may not use this API ([api] allowed_ips)"
 
 

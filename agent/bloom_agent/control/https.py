@@ -32,7 +32,7 @@ from typing import Any, Callable
 from bloom_agent.control import http11, protocol, signing
 from bloom_agent.control.auth import Caller
 from bloom_agent.control.server import Dispatch, Serving
-from bloom_agent.errors import (BloomError, ConfigError, PermissionDenied, ProtocolError, RateLimited, RequestTooLarge,
+from bloom_agent.errors import (AddressRefused, BloomError, ConfigError, ProtocolError, RateLimited, RequestTooLarge,
                                 Unauthorized, UnknownCommand)
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ MAX_TRACKED_ADDRESSES = 10_000
 
 # The status of an answer that is one error line, by the error's wire code; a streamed answer is 200.
 STATUS = {
-    "unauthorized": 401, "permission_denied": 403, "rate_limited": 429, "request_too_large": 413,
+    "unauthorized": 401, "address_refused": 403, "rate_limited": 429, "request_too_large": 413,
     "protocol": 400, "invalid_arguments": 400, "invalid_version": 400, "unknown_command": 404, "unknown_app": 404,
     "busy": 409, "release": 409, "state": 409, "install": 422, "systemd_unavailable": 503,
 }
@@ -264,9 +264,9 @@ class ApiServer(Serving):
                          deadline: float) -> http11.RequestHead:
         settings = loaded.settings
         if not loaded.allows(address):
-            raise Refused(403, PermissionDenied(f"address {address} may not use this API ([api] allowed_ips)",
-                                                hint="add it, or a range holding it, to allowed_ips in "
-                                                     "/etc/bloom/agent.toml on the host, then: bloomctl reload"))
+            raise Refused(403, AddressRefused(f"address {address} may not use this API ([api] allowed_ips)",
+                                              hint="add it, or a range holding it, to allowed_ips in "
+                                                   "/etc/bloom/agent.toml on the host, then: bloomctl reload"))
         wait = self.failures.wait(address, settings.failures_per_minute)
         if wait:
             raise Refused(429, RateLimited(f"too many refused requests from {address}; try again in {wait:.0f} s"),
