@@ -468,14 +468,19 @@ def test_bloomctl_url_says_what_is_wrong_on_its_side(tmp_path):
     nobody = api.bloomctl("--url", "https://127.0.0.1:1", "status")
     assert nobody.returncode == 1 and "cannot connect to https://127.0.0.1:1: Connection refused" in nobody.stderr
 
+    wrong_secret = tmp_path / "wrong.secret"
+    wrong_secret.write_text("w" * 40 + "\n")
+
     async def scenario():
         await api.start()
         untrusted = await api.bloomctl_async("status", env={"BLOOM_API_CACERT": ""})
+        wrong = await api.bloomctl_async("--secret-file", str(wrong_secret), "status", "web", "--json")
         await api.host.stop()
-        return untrusted
+        return untrusted, wrong
 
-    untrusted = run(scenario())
+    untrusted, wrong = run(scenario())
     assert untrusted.returncode == 1 and "cannot verify" in untrusted.stderr and "--cacert" in untrusted.stderr
+    assert (wrong.returncode, wrong.stdout) == (1, "") and wrong.stderr.startswith("bloomctl: wrong signature\ncheck the secret")
 
 
 def documented_recipe() -> str:
