@@ -68,10 +68,10 @@ PYTEST        := env PATH=$(DEB_PATH) $(PYTHON) -m pytest
 PYTEST_ARGS   ?=
 # Everything the targets below need on a fresh Debian 12 host.
 DEPS          := $(DEB_TOOLS) python3-pytest python3-testinfra python3-paramiko \
-                 python3-pystemd python3-sdnotify python3-systemd python3-psutil python3-click python3-jinja2 python3-zstandard \
+                 python3-dbus-fast python3-sdnotify python3-systemd python3-psutil python3-click python3-jinja2 python3-zstandard \
                  python3-prometheus-client python3-hypothesis \
-                 mmdebstrap systemd-container openssh-client wrk curl ca-certificates ansible-core \
-                 python3-venv python3-pip git
+                 mmdebstrap systemd-container openssh-client wrk curl openssl ca-certificates ansible-core \
+                 python3-venv python3-pip git dbus-daemon
 
 .PHONY: deps test unit integration demo docs
 

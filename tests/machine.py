@@ -46,6 +46,8 @@ PACKAGES = (
     "systemd-sysv",
     "dbus",
     "python3",
+    "python3-dbus-fast",
+    # not the agent's: bench/reload_stall.py compares its blocking calls with the agent's
     "python3-pystemd",
     "python3-sdnotify",
     "python3-systemd",
@@ -55,6 +57,8 @@ PACKAGES = (
     "python3-zstandard",
     "openssh-server",
     "curl",
+    # the HTTPS API tests make a certificate and sign requests with it (docs/api.md)
+    "openssl",
     "procps",
     "iproute2",
     "sudo",

@@ -59,6 +59,24 @@ class PermissionDenied(BloomError):
     code = "permission_denied"
 
 
+class Unauthorized(BloomError):
+    """An HTTPS API request without a valid signature: missing, wrong, outside the clock window, replayed."""
+
+    code = "unauthorized"
+
+
+class AddressRefused(BloomError):
+    """An HTTPS API request from an address outside [api] allowed_ips."""
+
+    code = "address_refused"
+
+
+class RateLimited(BloomError):
+    """An address refused too often lately: its requests wait until the minute is over."""
+
+    code = "rate_limited"
+
+
 class ProtocolError(BloomError):
     code = "protocol"
 
@@ -142,6 +160,9 @@ _BY_CODE = {
         ConfigError,
         AgentNotRunning,
         PermissionDenied,
+        Unauthorized,
+        AddressRefused,
+        RateLimited,
         ProtocolError,
         RequestTooLarge,
         UnknownCommand,

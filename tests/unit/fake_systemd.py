@@ -56,19 +56,19 @@ class FakeSystemd:
         self.calls.append(("daemon-reload", ""))
         self.reloads += 1
 
-    def reset_failed(self, unit: str) -> None:
+    async def reset_failed(self, unit: str) -> None:
         self.calls.append(("reset-failed", unit))
         u = self.unit(unit)
         if u.active_state == "failed":
             u.active_state, u.sub_state, u.result = "inactive", "dead", "success"
 
-    def enable(self, unit: str) -> None:
+    async def enable(self, unit: str) -> None:
         self.calls.append(("enable", unit))
 
-    def disable(self, unit: str) -> None:
+    async def disable(self, unit: str) -> None:
         self.calls.append(("disable", unit))
 
-    def status(self, unit: str) -> UnitStatus:
+    async def status(self, unit: str) -> UnitStatus:
         u = self.unit(unit)
         return UnitStatus(unit, "loaded", u.active_state, u.sub_state, u.result, u.n_restarts, u.main_pid,
                           u.exec_main_status)
@@ -77,15 +77,16 @@ class FakeSystemd:
 
     stopping: bool = False
 
-    def host_stopping(self) -> bool:
+    async def host_stopping(self) -> bool:
         return self.stopping
 
-    def unit_metrics(self, unit: str) -> dict[str, int | None]:
+    async def unit_metrics(self, unit: str) -> dict[str, int | None]:
         return self.metrics.get(unit, {"memory": 10_000_000, "tasks": 3})
 
-    def instances(self, pattern: str) -> list[UnitStatus]:
+    async def instances(self, pattern: str) -> list[UnitStatus]:
         prefix = pattern.split("*", 1)[0]
-        return [self.status(n) for n, u in self.units.items() if n.startswith(prefix) and u.active_state != "inactive"]
+        return [await self.status(n) for n, u in self.units.items()
+                if n.startswith(prefix) and u.active_state != "inactive"]
 
     async def wait_for_change(self, unit: str, timeout: float) -> bool:
         event = self._changes.setdefault(unit, asyncio.Event())
@@ -96,6 +97,11 @@ class FakeSystemd:
             return False
         finally:
             event.clear()
+
+    closed: bool = False
+
+    def close(self) -> None:
+        self.closed = True
 
     def _changed(self, unit: str) -> None:
         if unit in self._changes:

@@ -48,11 +48,16 @@ class InProcessAgent:
             tar.addfile(info, io.BytesIO(program))
         return path
 
-    async def start(self) -> "InProcessAgent":
+    async def _systemd(self):
+        return self.systemd
+
+    async def start(self, api_sock=None) -> "InProcessAgent":
+        """``api_sock``: a listening TCP socket for the HTTPS API, as bloom-agent-api.socket would pass it
+        (the [api] settings come from ROOT/etc/bloom/agent.toml, read when this object was made)."""
         store = StateStore(self.paths.state_db, boot_id=boot_id_from(self.paths.boot_id_file))
         sock = listener.bind(self.paths.control_socket, self.config.control_group)
-        self.agent = Agent(self.config, self.paths, store, Notifier({}), sock, lambda: self.systemd,
-                           Journal(monitor=FakeJournal, tail=no_journal))
+        self.agent = Agent(self.config, self.paths, store, Notifier({}), sock, self._systemd,
+                           Journal(monitor=FakeJournal, tail=no_journal), api_sock=api_sock)
         self.task = asyncio.ensure_future(self.agent.run())
         for _ in range(200):
             if self.agent.state_text == "idle":

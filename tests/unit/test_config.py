@@ -72,11 +72,13 @@ def test_unknown_key_hint_lists_known_keys(tmp_path):
 def test_each_setting_is_declared_once_and_the_reference_is_made_from_it():
     import dataclasses
 
-    from bloom_agent.config.agent import AGENT_FIELDS, AgentConfig
+    from bloom_agent.config.agent import AGENT_FIELDS, API_FIELDS, AgentConfig, ApiConfig
     from bloom_agent.config.apps import APP_FIELDS, AppConfig
     from bloom_agent.config.reference import update
 
-    assert {f.name for f in dataclasses.fields(AgentConfig)} == {f.name for f in AGENT_FIELDS} | {"path", "from_file"}
+    assert {f.name for f in dataclasses.fields(AgentConfig)} == {f.name for f in AGENT_FIELDS} | {"path", "from_file",
+                                                                                                  "api"}
+    assert [f.name for f in dataclasses.fields(ApiConfig)] == [f.name for f in API_FIELDS]
     assert {f.name for f in dataclasses.fields(AppConfig)} == (
         {f.name for f in APP_FIELDS} - {"health_check"} | {"name", "path", "health_checks"})
     doc = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
@@ -93,7 +95,7 @@ def test_the_manual_page_of_the_files_is_made_from_the_same_declarations():
     assert checked.returncode == 0, checked.stderr
     page = (repo / "packaging/debian/bloom-agent.toml.5" if (repo / "packaging").is_dir()
             else repo / "debian/bloom-agent.toml.5").read_text()  # the package's build tree
-    for name in ("state_dir", "probation_sec", "rollback_strategy", "environment_files"):
+    for name in ("state_dir", "probation_sec", "rollback_strategy", "environment_files", "allowed_ips"):
         assert f"\n.B {name}\n" in page
 
 

@@ -1,6 +1,7 @@
 """The Grafana dashboard in examples/grafana/: it queries only what the agent exports, through the
 data source variable, on a grid Grafana can lay out (its schema: examples/grafana/check_schema.py)."""
 
+import asyncio
 import json
 import re
 import shutil
@@ -23,7 +24,7 @@ def dashboard():
 
 def exported() -> set[str]:
     """The names of the samples bloom.prom can hold, from the exporter's own registry."""
-    registry = TextfileExporter(Path("/nonexistent"), SimpleNamespace(apps={})).registry()
+    registry = asyncio.run(TextfileExporter(Path("/nonexistent"), SimpleNamespace(apps={})).registry())
     return {family.name + suffix for family in registry.collect() for suffix in SUFFIXES[family.type]}
 
 

@@ -69,20 +69,22 @@ def test_journal_counts_only_what_trusted_fields_say_comes_from_the_release():
          "_SYSTEMD_UNIT": "init.scope"}, 10)
 
 
-def _status(systemd, unit):
-    return systemd.status(unit)
+def _metrics(values):
+    async def unit_metrics(unit):
+        return values
+    return unit_metrics
 
 
 def test_unit_monitor_reasons():
     systemd = FakeSystemd()
     asyncio.run(systemd.start("w@1.service"))
-    base = systemd.status("w@1.service")
+    base = asyncio.run(systemd.status("w@1.service"))
     assert monitors._unit_trip(base, 0) is None
     systemd.unit("w@1.service").result = "watchdog"
-    assert monitors._unit_trip(systemd.status("w@1.service"), 0).startswith("watchdog: w@1.service missed")
+    assert monitors._unit_trip(asyncio.run(systemd.status("w@1.service")), 0).startswith("watchdog: w@1.service missed")
     systemd.unit("w@1.service").result = "success"
     systemd.crash("w@1.service")
-    assert monitors._unit_trip(systemd.status("w@1.service"), 0).startswith("crash: w@1.service restarted")
+    assert monitors._unit_trip(asyncio.run(systemd.status("w@1.service")), 0).startswith("crash: w@1.service restarted")
 
 
 class Forever:
@@ -133,7 +135,7 @@ def test_check_monitor_needs_consecutive_failures():
                         Path("a.toml"), ())[0]
     healthchecks._RUNNERS["command"], saved = flaky, healthchecks._RUNNERS["command"]
     try:
-        trip = asyncio.run(monitors.CheckMonitor(spec, Target("a", "1.0.0", "a@1.0.0.service", lambda u: {})).watch())
+        trip = asyncio.run(monitors.CheckMonitor(spec, Target("a", "1.0.0", "a@1.0.0.service", _metrics({}))).watch())
     finally:
         healthchecks._RUNNERS["command"] = saved
     assert trip == "health check command#0 failed 2 times in a row: flaky"
@@ -151,7 +153,7 @@ def test_check_config_errors():
 
 
 def _target(metrics=None):
-    return Target("web", "1.0.0", "web@1.0.0.service", lambda unit: metrics or {"memory": 100, "tasks": 2})
+    return Target("web", "1.0.0", "web@1.0.0.service", _metrics(metrics or {"memory": 100, "tasks": 2}))
 
 
 async def _serve(status: int, body: bytes, delay: float = 0):
@@ -241,7 +243,7 @@ def test_probation_ends_when_a_release_is_dead_before_it_starts():
     probation waiting for it."""
     spec = parse_checks([{"type": "memory", "memory_threshold_bytes": 1 << 30, "interval_sec": 0.01}],
                         Path("a.toml"), ())[0]
-    target = Target("a", "1.0.0", "a@1.0.0.service", lambda unit: {"memory": 100, "tasks": 2})
+    target = Target("a", "1.0.0", "a@1.0.0.service", _metrics({"memory": 100, "tasks": 2}))
 
     async def run():
         checks = [monitors.CheckMonitor(spec, target) for _ in range(3)]

@@ -85,7 +85,12 @@ def test_a_socket_that_cannot_open_puts_the_old_one_back(env):
         env.systemd.start_results.pop("web.socket", None)
 
     original = env.systemd.reset_failed
-    env.systemd.reset_failed = lambda unit: (socket_back(unit), original(unit))
+
+    async def reset_failed(unit):
+        socket_back(unit)
+        await original(unit)
+
+    env.systemd.reset_failed = reset_failed
     with pytest.raises(ListenError, match="the new socket could not be opened .* the old one listens again on "
                                           "127.0.0.1:8080"):
         relisten(env)

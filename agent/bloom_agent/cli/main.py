@@ -18,16 +18,18 @@ from bloom_agent.errors import (EXIT_DETACHED, EXIT_ERROR, EXIT_NOT_SERVING, EXI
 
 
 class Context:
-    """Where requests go: the local agent's socket, or another host's agent over ssh (-H)."""
+    """Where requests go: the local agent's socket, another host's agent over ssh (-H), or over its HTTPS
+    API (--url)."""
 
-    def __init__(self, socket_path: Path, host: str | None) -> None:
+    def __init__(self, socket_path: Path, host: str | None, api: client.Api | None = None) -> None:
         self.socket_path = socket_path
         self.host = host
+        self.api = api
 
     def call(self, command: str, args: dict[str, Any] | None = None, timeout: float | None = 60.0,
              on_progress=None, upload: BinaryIO | None = None) -> Any:
         return client.call(command, args, socket_path=self.socket_path, timeout=timeout, on_progress=on_progress,
-                           upload=upload, host=self.host)
+                           upload=upload, host=self.host, api=self.api)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -39,11 +41,21 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print machin
 @click.option("-H", "--host", "host", envvar=client.HOST_ENV, metavar="[USER@]HOST[:PORT]",
               help="Act on the agent of another host, over ssh (bloomctl must be installed there; "
                    f"${client.SSH_ENV} sets the ssh command).")
+@click.option("--url", "url", envvar=client.URL_ENV, metavar="https://HOST[:PORT]",
+              help="Act on the agent of another host over its HTTPS API (signed with --secret-file).")
+@click.option("--secret-file", type=click.Path(path_type=Path, dir_okay=False), envvar=client.SECRET_FILE_ENV,
+              help="The API's shared secret, for --url.")
+@click.option("--cacert", type=click.Path(path_type=Path, dir_okay=False), envvar=client.CACERT_ENV,
+              help="Verify the API's certificate with this certificate or CA (default: the system's CAs), for --url.")
 @click.version_option(__version__, prog_name="bloomctl", message="%(prog)s %(version)s")
 @click.pass_context
-def cli(ctx: click.Context, socket_path: Path, host: str | None) -> None:
+def cli(ctx: click.Context, socket_path: Path, host: str | None, url: str | None, secret_file: Path | None,
+        cacert: Path | None) -> None:
     """Control bloom-agent: zero-downtime release switching with automatic rollback."""
-    ctx.obj = Context(socket_path, host or None)
+    if host and url:
+        raise InvalidArguments("give -H (ssh) or --url (HTTPS API), not both",
+                               hint=f"check ${client.HOST_ENV} and ${client.URL_ENV} too")
+    ctx.obj = Context(socket_path, host or None, client.Api(url, secret_file, cacert) if url else None)
 
 
 quiet_option = click.option("-q", "--quiet", is_flag=True,
@@ -417,6 +429,8 @@ def logs(obj: Context, app: str, version: str | None, follow: bool, lines: int |
     argv += ["--follow"] if follow else []
     argv += ["--lines", str(lines)] if lines is not None else []
     argv += ["--output", output] if output else []
+    if obj.api:
+        raise InvalidArguments("logs reads the host's journal: use it there, or over ssh with -H")
     if obj.host:
         argv = client.ssh_command(obj.host, tuple(argv))
     try:

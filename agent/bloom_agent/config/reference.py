@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from bloom_agent.config.agent import AGENT_FIELDS
+from bloom_agent.config.agent import AGENT_FIELDS, API_FIELDS
 from bloom_agent.config.apps import APP_FIELDS
 from bloom_agent.config.checks import CHECK_FIELDS
 from bloom_agent.config.database import DATABASE_FIELDS
@@ -17,6 +17,7 @@ from bloom_agent.config.schema import Field
 
 TABLES: dict[str, tuple[list[Field], tuple[str, ...]]] = {
     "agent": (AGENT_FIELDS, ("key", "type", "default", "meaning", "applied")),
+    "api": (API_FIELDS, ("key", "type", "default", "meaning")),
     "app": (APP_FIELDS, ("key", "type", "default", "meaning")),
     "health_check": (CHECK_FIELDS, ("key", "type", "default", "for", "meaning")),
     "database": (DATABASE_FIELDS, ("key", "type", "default", "meaning")),
@@ -51,6 +52,8 @@ def update(text: str) -> str:
 
 MAN_SECTIONS = (
     ("AGENT FILE", "agent", "The table [agent] of /etc/bloom/agent.toml."),
+    ("HTTPS API", "api", "The table [api] of /etc/bloom/agent.toml: the optional HTTPS API, which listens only "
+                         "while bloom-agent-api.socket is enabled (read at start and on every reload)."),
     ("APP FILES", "app", "The top level of /etc/bloom/apps/APP.toml; the file name gives the app's name."),
     ("HEALTH CHECKS", "health_check", "Each [[health_check]] table of an app file."),
     ("DATABASE", "database", "The [database] table of an app file."),

@@ -148,3 +148,11 @@ def check_choice(*choices: str) -> Check:
 
     check.describe = ", ".join(f"`{c}`" for c in choices)
     return check
+
+
+def check_range(low: int | float, high: int | float) -> Check:
+    def check(value: int | float) -> str | None:
+        return None if low <= value <= high else f"must be from {low} to {high}, got {value}"
+
+    check.describe = f"≥ {low}, ≤ {high}"
+    return check

@@ -18,20 +18,33 @@ class Caller:
     gid: int
     groups: frozenset[int] = field(default_factory=frozenset)
     remote: str = ""  # the address an ssh session came from (bloomctl -H), as sshd told that session
+    api: bool = False  # a signed request over the HTTPS API: no local user, ``remote`` is the peer's address
+
+    @classmethod
+    def api_client(cls, address: str) -> "Caller":
+        """A caller of the HTTPS API: known by the secret it signed with and the address it came from. It is
+        nobody on the host (uid -1), so nothing that trusts a uid can mistake it for root."""
+        return cls(pid=0, uid=-1, gid=-1, remote=address, api=True)
 
     @property
     def label(self) -> str:
         """Who, as the history and the journal record it: the user, and where from when remote."""
+        if self.api:
+            return f"api from {self.remote}"
         return f"{self.user} via ssh from {self.remote}" if self.remote else self.user
 
     @property
     def user(self) -> str:
+        if self.api:
+            return "api"
         try:
             return pwd.getpwuid(self.uid).pw_name
         except KeyError:
             return str(self.uid)
 
     def describe(self) -> str:
+        if self.api:
+            return self.label
         where = f", ssh from {self.remote}" if self.remote else ""
         return f"{self.user} (uid {self.uid}, pid {self.pid}{where})"
 

@@ -10,44 +10,56 @@ import socket
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from bloom_agent.control import protocol
-from bloom_agent.errors import AgentNotRunning, BloomError, InvalidArguments, PermissionDenied, ProtocolError, from_wire
+from bloom_agent.control import apiclient, protocol
+from bloom_agent.errors import AgentNotRunning, BloomError, InvalidArguments, PermissionDenied, ProtocolError
 
 DEFAULT_SOCKET = Path("/run/bloom/control.sock")
 SOCKET_ENV = "BLOOM_SOCKET"
 HOST_ENV = "BLOOM_HOST"
 # The ssh command line for -H (default: ssh); e.g. "ssh -F ~/.ssh/deploy_config".
 SSH_ENV = "BLOOM_SSH"
+URL_ENV, SECRET_FILE_ENV, CACERT_ENV = apiclient.URL_ENV, apiclient.SECRET_FILE_ENV, apiclient.CACERT_ENV
 
 
 def default_socket() -> Path:
     return Path(os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET)
 
 
+@dataclass(frozen=True)
+class Api:
+    """Where the HTTPS API is, and what to reach it with (``bloomctl --url``)."""
+
+    url: str
+    secret_file: Path | None
+    cacert: Path | None = None
+
+    def __post_init__(self) -> None:
+        apiclient.parse_url(self.url)  # a wrong URL is said before anything is read or sent
+
+
 def call(command: str, args: dict[str, Any] | None = None, *, socket_path: Path | None = None,
          on_progress: Callable[[dict], None] | None = None, timeout: float | None = 60.0,
-         upload: BinaryIO | None = None, host: str | None = None) -> Any:
+         upload: BinaryIO | None = None, host: str | None = None, api: Api | None = None) -> Any:
     """Send one request (and ``upload``, a file opened by the caller, after it); return the result or
     raise the agent's error as a typed BloomError. With ``host`` ([USER@]HOST[:PORT]) the request goes
-    over ssh to ``bloomctl stdio-bridge`` there, which passes it to that host's agent."""
+    over ssh to ``bloomctl stdio-bridge`` there, which passes it to that host's agent; with ``api``, to
+    that agent's HTTPS API, signed."""
+    if api is not None:
+        return apiclient.call(api.url, command, args, secret_file=api.secret_file, cacert=api.cacert,
+                              on_progress=on_progress, timeout=timeout, upload=upload)
     ended: dict[str, int] = {}  # how the ssh process ended, for a message when no answer came
     connection = _over_ssh(host, ended) if host else _over_socket(socket_path or default_socket(), timeout)
     with connection as (send, stream):
         send(protocol.encode_request(command, args, upload=upload is not None))
         if upload is not None:
             _send_upload(send, upload)
-        for line in stream:
-            message = protocol.decode_response(line)
-            if "progress" in message:
-                if on_progress is not None:
-                    on_progress(message["progress"])
-                continue
-            if message.get("ok"):
-                return message.get("result")
-            raise from_wire(message.get("error") or {})
+        result = protocol.read_answer(stream, on_progress)
+        if result is not protocol.NO_ANSWER:
+            return result
     if host and ended.get("code") == 255:
         raise BloomError(f"cannot reach {host} over ssh (ssh exited with 255)",
                          hint=f"check that 'ssh {host}' works; its own message is above")

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from systemd import daemon as sd_daemon
@@ -17,17 +18,32 @@ from bloom_agent.errors import BloomError
 log = logging.getLogger(__name__)
 
 
-def inherited() -> socket.socket | None:
-    """The socket systemd passed (LISTEN_FDS), if any; the environment is cleared for children."""
-    fds = sd_daemon.listen_fds()
-    if not fds:
-        return None
-    if len(fds) > 1:
-        log.warning("systemd passed %d sockets; using the first (fd %d)", len(fds), fds[0])
-    sock = socket.socket(fileno=fds[0])
-    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
-        raise BloomError(f"inherited fd {fds[0]} is not a Unix stream socket; check bloom-agent.socket")
-    return sock
+@dataclass(frozen=True)
+class Inherited:
+    control: socket.socket | None = None
+    api: socket.socket | None = None  # bloom-agent-api.socket's, when it is enabled
+
+
+def inherited(api_name: str = "bloom-api") -> Inherited:
+    """The sockets systemd passed (LISTEN_FDS), told apart by their names (LISTEN_FDNAMES): the HTTPS
+    API's is named ``api_name`` (its unit's FileDescriptorName=), the control socket is the other. The
+    environment is cleared for children."""
+    fds = sd_daemon.listen_fds_with_names()
+    control = api = None
+    for fd, name in sorted(fds.items()):
+        sock = socket.socket(fileno=fd)
+        if name == api_name:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+                raise BloomError(f"inherited fd {fd} named {name} is not a TCP socket; check bloom-agent-api.socket")
+            api = sock
+        elif control is None:
+            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+                raise BloomError(f"inherited fd {fd} ({name}) is not a Unix stream socket; check bloom-agent.socket")
+            control = sock
+        else:
+            log.warning("systemd passed another socket, fd %d (%s); it is not used", fd, name)
+            sock.close()
+    return Inherited(control, api)
 
 
 def bind(path: Path, group: str) -> socket.socket:

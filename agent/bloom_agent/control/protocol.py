@@ -15,15 +15,20 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterable
 
-from bloom_agent.errors import BloomError, ProtocolError
+from bloom_agent.errors import BloomError, ProtocolError, from_wire
 
 VERSION = 1
 
 
 CHUNK_HEADER = struct.Struct(">Q")
 CHUNK_BYTES = 1024 * 1024
+
+
+class TextArgs(dict):
+    """Arguments that came as text (the HTTPS API's query string, ``?app=web&wait=false``): a command
+    reads an integer or a boolean from them by the type it declares for that argument."""
 
 
 @dataclass(frozen=True)
@@ -91,3 +96,21 @@ def decode_response(line: bytes) -> dict:
     if not isinstance(message, dict) or message.get("v") != VERSION:
         raise ProtocolError("agent answered with an unknown protocol version; bloomctl and bloom-agent differ")
     return message
+
+
+NO_ANSWER = object()
+
+
+def read_answer(lines: Iterable[bytes], on_progress: Callable[[dict], None] | None) -> Any:
+    """The result of an answer's final line, or its error raised as the agent's type; progress lines go to
+    ``on_progress``. NO_ANSWER when the lines end before a final one."""
+    for line in lines:
+        message = decode_response(line)
+        if "progress" in message:
+            if on_progress is not None:
+                on_progress(message["progress"])
+            continue
+        if message.get("ok"):
+            return message.get("result")
+        raise from_wire(message.get("error") or {})
+    return NO_ANSWER

@@ -59,22 +59,12 @@ class StreamUpload:
             write(data)
 
 
-class ControlServer:
-    def __init__(self, sock: socket.socket, dispatch: Dispatch, *, control_gid: Callable[[], int | None],
-                 max_request_bytes: int, proc: Path = Path("/proc")) -> None:
-        self._sock = sock
-        self._proc = proc
-        self._dispatch = dispatch
-        self._control_gid = control_gid
-        self._max_request_bytes = max_request_bytes
+class Serving:
+    """A server on a listening socket, and the requests in flight on it."""
+
+    def __init__(self) -> None:
         self._server: asyncio.AbstractServer | None = None
         self._active: set[asyncio.Task] = set()
-
-    async def start(self) -> None:
-        self._sock.setblocking(False)
-        self._server = await asyncio.start_unix_server(
-            self._handle, sock=self._sock, limit=self._max_request_bytes + 1
-        )
 
     async def close(self, grace: float) -> None:
         """Stop accepting, give in-flight requests up to ``grace`` seconds, then cancel them."""
@@ -86,6 +76,23 @@ class ControlServer:
             _, pending = await asyncio.wait(self._active, timeout=grace)
             for task in pending:
                 task.cancel()
+
+
+class ControlServer(Serving):
+    def __init__(self, sock: socket.socket, dispatch: Dispatch, *, control_gid: Callable[[], int | None],
+                 max_request_bytes: int, proc: Path = Path("/proc")) -> None:
+        super().__init__()
+        self._sock = sock
+        self._proc = proc
+        self._dispatch = dispatch
+        self._control_gid = control_gid
+        self._max_request_bytes = max_request_bytes
+
+    async def start(self) -> None:
+        self._sock.setblocking(False)
+        self._server = await asyncio.start_unix_server(
+            self._handle, sock=self._sock, limit=self._max_request_bytes + 1
+        )
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

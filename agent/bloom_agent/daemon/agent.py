@@ -10,18 +10,20 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from bloom_agent import __version__
 from bloom_agent.config import agent as config_mod
 from bloom_agent.config.apps import app_warnings, load_apps, refuse_shared_addresses
 from bloom_agent.config.paths import Paths
-from bloom_agent.control import listener
+from bloom_agent.config.schema import read_toml
+from bloom_agent.control import https, listener
 from bloom_agent.control.auth import Caller, group_id
 from bloom_agent.control.protocol import Request
 from bloom_agent.control.server import ControlServer, unknown_command
@@ -57,7 +59,9 @@ class Agent:
     which the D-Bus adapter needs). A test builds one under a temporary root with a fake systemd."""
 
     def __init__(self, config: config_mod.AgentConfig, paths: Paths, store: StateStore, notifier: Notifier,
-                 sock: socket.socket, connect_systemd: Callable[[], Systemd], journal: Journal = Journal()) -> None:
+                 sock: socket.socket, connect_systemd: Callable[[], Awaitable[Systemd]],
+                 journal: Journal = Journal(), api_sock: socket.socket | None = None,
+                 credentials_dir: str | None = None) -> None:
         self.config = config
         self.paths = paths
         self.store = store
@@ -73,6 +77,7 @@ class Agent:
         self.apps: AppManager | None = None
         self.database: DatabaseOperations | None = None
         self._reconciling: asyncio.Task | None = None
+        self._metrics_writing: asyncio.Task | None = None
         self.control = ControlServer(
             sock,
             self.dispatch,
@@ -80,6 +85,9 @@ class Agent:
             max_request_bytes=config.max_request_bytes,
             proc=paths.proc,
         )
+        # The HTTPS API, when bloom-agent-api.socket passed its socket: the same dispatch, and so the same
+        # commands and answers. Its settings are read now: a wrong one stops the start (ConfigError).
+        self.api = https.ApiServer(api_sock, self.dispatch, config.api, credentials_dir) if api_sock else None
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -100,12 +108,12 @@ class Agent:
 
     async def _run(self) -> int:
         guard = DatabaseGuard(self.store, self.paths.state_dir)
-        self.apps = AppManager(self.paths.apps_dir, self.paths.releases_dir, self.store, self._connect_systemd(),
+        self.apps = AppManager(self.paths.apps_dir, self.paths.releases_dir, self.store, await self._connect_systemd(),
                                UnitWriter.for_paths(self.paths), self._journal, guard)
         self.database = DatabaseOperations(self.apps, guard)
         self.apps.history_keep = self.config.history_keep
         self.metrics = TextfileExporter(self.paths.metrics_dir, self.apps)
-        self.apps.on_change = self.metrics.write
+        self.apps.on_change = self._write_metrics
         try:
             await self.apps.load()
         except BloomError as err:  # e.g. systemd unreachable: the agent still answers, and says why
@@ -113,6 +121,9 @@ class Agent:
         # Before the socket opens: an app whose switch is to be resumed is busy for every request.
         claimed = self.apps.claim_unfinished()
         await self.control.start()
+        if self.api is not None:
+            await self.api.start()
+            log.info("HTTPS API listening on %s", self.api.address)
         self.store.record_agent_event("start", __version__)
         self._set_state("idle")
         self.notifier.ready(self._status_line())
@@ -127,10 +138,16 @@ class Agent:
             except TimeoutError:
                 sig = None
             self.notifier.watchdog()
-            self.metrics.write()
+            self._write_metrics()
             if sig is not None:
                 await self.handle_signal(sig)
         return await self._shutdown()
+
+    def _write_metrics(self) -> None:
+        """In the background, one write at a time: reading every app's units from a busy systemd must
+        not hold up the loop's watchdog pings or signals, and writes that would queue up say nothing new."""
+        if self._metrics_writing is None or self._metrics_writing.done():
+            self._metrics_writing = asyncio.ensure_future(self.metrics.write())
 
     async def handle_signal(self, sig: int) -> None:
         if sig == signal.SIGHUP:
@@ -161,15 +178,19 @@ class Agent:
         if self._reconciling is not None:
             self._reconciling.cancel()
         await self.apps.shutdown()
-        closing = asyncio.ensure_future(self.control.close(SHUTDOWN_GRACE))
+        closing = asyncio.ensure_future(asyncio.gather(
+            self.control.close(SHUTDOWN_GRACE), *([self.api.close(SHUTDOWN_GRACE)] if self.api else [])))
         second_signal = asyncio.ensure_future(self._signals.get())
         done, _ = await asyncio.wait({closing, second_signal}, return_when=asyncio.FIRST_COMPLETED)
         if second_signal in done and not closing.done():
             log.warning("second signal: stopping now without waiting for requests in flight")
             closing.cancel()
         second_signal.cancel()
-        self.metrics.write(up=False)
+        if self._metrics_writing is not None:
+            await asyncio.wait({self._metrics_writing})
+        await self.metrics.write(up=False)
         self.store.record_agent_event("stop", __version__)
+        self.apps.systemd.close()
         self.store.close()
         log.info("stopped")
         return EXIT_OK
@@ -183,6 +204,13 @@ class Agent:
             log.error("configuration not reloaded, keeping the running one: %s", err)
             self.store.record_agent_event("reload-refused", __version__, str(err))
             return False
+        if self.api is not None:
+            try:
+                self.api.configure(new.api)  # reads what [api] names; nothing changes if that fails
+            except ConfigError as err:
+                log.error("configuration not reloaded, keeping the running one: %s: %s", new.path, err)
+                self.store.record_agent_event("reload-refused", __version__, str(err))
+                return False
         for key in config_mod.RESTART_ONLY:
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("agent.%s changed; it takes effect when the agent restarts", key)
@@ -243,6 +271,14 @@ def check_config(path: Path, cfg: config_mod.AgentConfig, paths: Paths) -> int:
             print(f"warning: {warning}")
     for error in errors.values():
         print(error, file=sys.stderr)
+    if (cfg.from_file and "api" in read_toml(path)) or Path(cfg.api.certificate).exists():
+        try:
+            https.load(cfg.api, os.environ.get("CREDENTIALS_DIRECTORY"))
+            print(f"[api]: OK (certificate {cfg.api.certificate}; allowed: {', '.join(cfg.api.allowed_ips)})")
+        except ConfigError as err:
+            # An error only with bloom-agent-api.socket enabled, when the agent refuses to start for it.
+            print(f"[api]: not usable (the agent refuses to start with bloom-agent-api.socket enabled): {err}",
+                  file=sys.stderr)
     return EXIT_CONFIG if errors else EXIT_OK
 
 
@@ -271,18 +307,27 @@ def main(argv: list[str] | None = None) -> int:
     logs.set_level(cfg.log_level)
     try:
         store = StateStore(paths.state_db, boot_id=boot_id_from(paths.boot_id_file))
-        sock = listener.inherited()
+        sockets = listener.inherited(https.FD_NAME)
+        sock = sockets.control
         bound_here = sock is None
         if bound_here:
             sock = listener.bind(paths.control_socket, cfg.control_group)
     except BloomError as err:
         log.error("refusing to start: %s", err)
         return err.exit_code
-    if args.root == Path("/"):
-        connect = lambda: require_systemd(systemd_adapter.connect(paths.cgroup_roots))  # noqa: E731
-    else:
-        connect = lambda: systemd_adapter.NoSystemd(f"running under --root {args.root}")  # noqa: E731
-    agent = Agent(cfg, paths, store, Notifier(), sock, connect)
+    async def connect() -> Systemd:
+        if args.root == Path("/"):
+            return require_systemd(await systemd_adapter.connect(paths.cgroup_roots))
+        return systemd_adapter.NoSystemd(f"running under --root {args.root}")
+
+    try:
+        agent = Agent(cfg, paths, store, Notifier(), sock, connect, api_sock=sockets.api,
+                      credentials_dir=os.environ.get("CREDENTIALS_DIRECTORY"))
+    except ConfigError as err:
+        log.error("refusing to start: %s: %s", path, err)
+        log.error("the HTTPS API's socket is enabled (bloom-agent-api.socket): fix [api], or turn it off with: "
+                  "systemctl disable --now bloom-agent-api.socket; systemctl restart bloom-agent")
+        return EXIT_CONFIG
     try:
         return asyncio.run(agent.run())
     except BloomError as err:

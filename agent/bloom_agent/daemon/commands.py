@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from bloom_agent import __version__
 from bloom_agent.control.auth import Caller
+from bloom_agent.control.protocol import TextArgs
 from bloom_agent.errors import InvalidArguments
 from bloom_agent.store.releases import Upload
 
@@ -33,9 +36,19 @@ class Args:
                 raise InvalidArguments(f"{self.command}: missing argument {name!r}")
             return default
         value = self.args[name]
+        if isinstance(self.args, TextArgs) and isinstance(value, str) and kind in (int, bool):
+            value = self._from_text(name, value, kind)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise InvalidArguments(f"{self.command}: argument {name!r} must be {kind.__name__}")
         return value
+
+    def _from_text(self, name: str, value: str, kind: type) -> int | bool:
+        if kind is bool and value in ("true", "false"):
+            return value == "true"
+        if kind is int and re.fullmatch(r"-?[0-9]{1,18}", value):
+            return int(value)
+        raise InvalidArguments(f"{self.command}: argument {name!r} must be "
+                               f"{'true or false' if kind is bool else 'an integer'}, got {value!r}")
 
 
 async def status(agent: "Agent", caller: Caller, args: dict[str, Any], progress: Progress,
@@ -43,7 +56,7 @@ async def status(agent: "Agent", caller: Caller, args: dict[str, Any], progress:
     a = Args("status", args, {"app"})
     app = a.get("app", str)
     if app:
-        return agent.apps.app_status(app)
+        return await agent.apps.app_status(app)
     return {
         "agent": {
             "version": __version__,
@@ -60,7 +73,7 @@ async def status(agent: "Agent", caller: Caller, args: dict[str, Any], progress:
             "systemd": agent.apps.systemd_problem() or "reachable",
         },
         "caller": {"user": caller.user, "uid": caller.uid, "remote": caller.remote},
-        "apps": [agent.apps.app_status(name) for name in sorted(agent.apps.apps)],
+        "apps": list(await asyncio.gather(*(agent.apps.app_status(name) for name in sorted(agent.apps.apps)))),
         "app_errors": agent.apps.app_errors,
     }
 

@@ -82,7 +82,7 @@ class DatabaseOperations:
                     log.error("%s: %s did not start again after the restore", name, unit, extra={"BLOOM_APP": name})
             self.manager.store.finish_deployment(dep, "done", "done", text)
         log.warning("%s: %s by %s", name, text, caller.label, extra={"BLOOM_APP": name})
-        if unit and not self.manager.systemd.status(unit).active:
+        if unit and not (await self.manager.systemd.status(unit)).active:
             raise ReleaseError(f"{text}, but {current} did not start again", hint=f"see: journalctl -u {unit}")
         return {"app": name, "backup": backup_id, "taken_at": taken_at_text(backup), "restored": text,
                 "serving": current}

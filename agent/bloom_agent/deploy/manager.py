@@ -268,7 +268,7 @@ class AppManager:
             row = self.store.release(name, version)
             if row is None:
                 raise ReleaseError(f"{name} {version} is not installed", hint=f"see: bloomctl releases {name}")
-            reason = self._in_use(app, version)
+            reason = await self._in_use(app, version)
             if reason:
                 raise ReleaseError(f"cannot remove {name} {version}: {reason}")
             await asyncio.to_thread(releases.remove_release, app, row["instance"])
@@ -288,11 +288,11 @@ class AppManager:
         holder = self._acquire(name, "app removal", caller.user)
         try:
             stopped = []
-            for status in self.systemd.instances(f"{name}@*.service"):
+            for status in await self.systemd.instances(f"{name}@*.service"):
                 await self.switcher.retire(status.name)
                 stopped.append(status.name)
             await self.switcher.retire(app.socket_unit)
-            self.systemd.disable(app.socket_unit)
+            await self.systemd.disable(app.socket_unit)
             self.units.remove_app_units(app)
             await self.systemd.daemon_reload()
             await asyncio.to_thread(releases.remove_all, app)
@@ -326,7 +326,7 @@ class AppManager:
             log.info("%s (by %s)", done.text(), caller.label, extra=events.fields(name, current, dep))
             return done.as_dict()
 
-    def _in_use(self, app: AppConfig, version: str) -> str:
+    async def _in_use(self, app: AppConfig, version: str) -> str:
         state = self.store.app_state(app.name)
         if version == state["current"]:
             return "it is the current release"
@@ -336,7 +336,7 @@ class AppManager:
             return "it is the release 'bloomctl rollback' goes to"
         if version == self._served_before(app.name):
             return "it served before the current release"
-        if self.systemd.status(app.instance_unit(versions.instance(version))).running:
+        if (await self.systemd.status(app.instance_unit(versions.instance(version)))).running:
             return "it is running"
         return ""
 
@@ -354,7 +354,7 @@ class AppManager:
         for row in candidates:
             if len(removed) == excess:
                 break
-            if self._in_use(app, row["version"]):
+            if await self._in_use(app, row["version"]):
                 continue
             await asyncio.to_thread(releases.remove_release, app, row["instance"])
             self.store.delete_release(app.name, row["version"])
@@ -533,11 +533,11 @@ class AppManager:
                          "installed_at": r["installed_at"], "sha256": r["sha256"], "size": r["size"]})
         return rows
 
-    def app_status(self, name: str) -> dict[str, Any]:
+    async def app_status(self, name: str) -> dict[str, Any]:
         app = self.app(name)
         state = self.store.app_state(name)
         holder = self._holders.get(name)
-        running = [s.name for s in self.systemd.instances(f"{name}@*.service") if s.running]
+        running = [s.name for s in await self.systemd.instances(f"{name}@*.service") if s.running]
         if holder is not None:
             text = holder.deployment.step.value if holder.deployment else holder.operation
         elif state["degraded"]:
@@ -565,7 +565,7 @@ class AppManager:
             raise ReleaseError(f"{name} has no current release to check", hint=f"deploy one: bloomctl deploy {name} TARBALL")
         unit = app.instance_unit(versions.instance(current))
         target = Target(name, current, unit, self.systemd.unit_metrics)
-        status = self.systemd.status(unit)
+        status = await self.systemd.status(unit)
         results = [{"name": "unit", "ok": status.active, "detail": status.describe(), "seconds": 0.0}]
         results += [(await run_check(spec, target)).as_dict() for spec in app.health_checks]
         return {"app": name, "version": current, "healthy": all(r["ok"] for r in results), "checks": results}
@@ -678,15 +678,15 @@ class AppManager:
                 actions.append(f"forgot {row['version']}, whose install did not finish")
         if current is not None:
             unit = app.instance_unit(versions.instance(current))
-            if not self.systemd.status(unit).active:
+            if not (await self.systemd.status(unit)).active:
                 result = await self.systemd.start(unit)
                 actions.append(f"started {current} ({result})")
-        for status in self.systemd.instances(f"{app.name}@*.service"):
+        for status in await self.systemd.instances(f"{app.name}@*.service"):
             if not status.running:
                 continue
             if current is None or status.name != app.instance_unit(versions.instance(current)):
                 await self.systemd.stop(status.name)
-                self.systemd.reset_failed(status.name)
+                await self.systemd.reset_failed(status.name)
                 actions.append(f"stopped stray {status.name}")
         if actions:
             dep = self.store.begin_deployment(app.name, "reconcile", current or "-", None, "reconciling", "bloom-agent")

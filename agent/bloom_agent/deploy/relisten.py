@@ -74,12 +74,12 @@ async def apply(systemd: Systemd, units: UnitWriter, app: AppConfig, serving: st
     done = Relistened(app.name, change.way, app.listen, change.added, change.removed)
     if change.way == "unchanged":
         return done
-    if not systemd.status(app.socket_unit).active:
+    if not (await systemd.status(app.socket_unit)).active:
         units.write_socket(app)
         await reload()
         done.way = "written"
         return done
-    running = serving is not None and systemd.status(serving).running
+    running = serving is not None and (await systemd.status(serving)).running
     before = units.written_socket(app)
     if change.way == "drop":
         units.write_socket(app)
@@ -100,7 +100,7 @@ async def apply(systemd: Systemd, units: UnitWriter, app: AppConfig, serving: st
     await systemd.stop(app.socket_unit)
     closed = time.monotonic()
     if await systemd.start(app.socket_unit) != "done":
-        why = systemd.status(app.socket_unit).describe()
+        why = (await systemd.status(app.socket_unit)).describe()
         await _put_back(systemd, units, app, before, reload, serving if running else None)
         raise ListenError(f"{app.name}: the new socket could not be opened ({why}); the old one listens again "
                           f"on {', '.join(change.old)}",
@@ -114,8 +114,10 @@ async def apply(systemd: Systemd, units: UnitWriter, app: AppConfig, serving: st
 
 
 async def _start_again(systemd: Systemd, app: AppConfig, unit: str, why: str) -> None:
-    if await systemd.start(unit) != "done" or not systemd.status(unit).active:
-        raise ListenError(f"{app.name}: {unit} did not start again ({why}): {systemd.status(unit).describe()}",
+    result = await systemd.start(unit)
+    status = await systemd.status(unit)
+    if result != "done" or not status.active:
+        raise ListenError(f"{app.name}: {unit} did not start again ({why}): {status.describe()}",
                           hint=f"see: journalctl -u {unit}; then: bloomctl status {app.name}")
 
 
@@ -126,7 +128,7 @@ async def _put_back(systemd: Systemd, units: UnitWriter, app: AppConfig, text: s
     if text is not None:
         units.restore_socket(app, text)
     await reload()
-    systemd.reset_failed(app.socket_unit)
+    await systemd.reset_failed(app.socket_unit)
     await systemd.start(app.socket_unit)
     if serving is not None:
         await systemd.start(serving)

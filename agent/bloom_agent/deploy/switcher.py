@@ -317,15 +317,15 @@ class Switcher:
             socket_written = self.units.write_socket(app)  # a change left pending while an older release ran
             if self.units.point_socket(app, versions.instance(dep.new), trial=True) or socket_written:
                 await self._reload(dep)
-            self.systemd.enable(app.socket_unit)
+            await self.systemd.enable(app.socket_unit)
             if await self.systemd.start(app.socket_unit) != "done":
-                why = f"cannot start {app.socket_unit}: {self.systemd.status(app.socket_unit).describe()}"
+                why = f"cannot start {app.socket_unit}: {(await self.systemd.status(app.socket_unit)).describe()}"
                 return self._fail(dep, await self._with_journal(why, app.socket_unit, since))
         else:
             await self._apply_socket_change(dep)
         began = time.monotonic()
         result = await self.systemd.start(dep.new_unit)
-        status = self.systemd.status(dep.new_unit)
+        status = await self.systemd.status(dep.new_unit)
         if result != "done" or not status.active:
             why = unitfailure.not_ready(status, time.monotonic() - began, app.ready_timeout_sec, app.notify)
             return self._fail(dep, await self._with_journal(why, dep.new_unit, since, app.socket_unit))
@@ -365,7 +365,7 @@ class Switcher:
         specs = [c for c in dep.app.health_checks if c.type not in ("http", "tcp")]
         target = self._target(dep)
         while True:
-            status = self.systemd.status(dep.new_unit)
+            status = await self.systemd.status(dep.new_unit)
             if not status.active or status.n_restarts:
                 return self._fail(dep, f"pre-switch check: {status.describe()}")
             failed = [r for r in [await run_check(spec, target) for spec in specs] if not r.ok]
@@ -422,7 +422,7 @@ class Switcher:
             self._journal_watch.pop(dep.app.name, None)
         if dep.abort.is_set():
             return self._fail(dep, dep.abort_reason or "rollback requested")
-        if trip and self.systemd.host_stopping():
+        if trip and await self.systemd.host_stopping():
             # The host is going down and takes NEW with it: no verdict. Stay in probation until the
             # agent is stopped too; after the reboot the boot-id rule brings back the last good release.
             log.warning("%s: host shutting down during probation of %s (%s); leaving it to the next boot",
@@ -468,7 +468,7 @@ class Switcher:
             return OK
         # OLD should never have stopped. If it has and cannot come back, NEW (whatever its state)
         # stays: something that may serve beats nothing that will.
-        if not self.systemd.status(dep.old_unit).active and not await self._start_old(dep):
+        if not (await self.systemd.status(dep.old_unit)).active and not await self._start_old(dep):
             return FAIL
         await self._hand_back_to_old(dep)
         return OK
@@ -492,9 +492,9 @@ class Switcher:
         """Start OLD again; if it will not come up, stop it (or systemd keeps restarting it behind
         our back), mark the app degraded and leave NEW where it is."""
         result = await self.systemd.start(dep.old_unit)
-        if result == "done" and self.systemd.status(dep.old_unit).active:
+        if result == "done" and (await self.systemd.status(dep.old_unit)).active:
             return True
-        why = (f"cannot start {dep.old} again ({result}; {self.systemd.status(dep.old_unit).describe()}); "
+        why = (f"cannot start {dep.old} again ({result}; {(await self.systemd.status(dep.old_unit)).describe()}); "
                f"{dep.new} left running")
         await self.retire(dep.old_unit)
         self._degrade(dep, why)
@@ -512,7 +512,7 @@ class Switcher:
         """Stop a unit the agent is done with, and forget its failure: a release that died on SIGTERM
         or never came up must not linger in 'systemctl --failed' and turn the host 'degraded'."""
         await self.systemd.stop(unit)
-        self.systemd.reset_failed(unit)
+        await self.systemd.reset_failed(unit)
 
     def _degrade(self, dep: Deployment, why: str) -> str:
         dep.reason = f"{dep.reason}; {why}" if dep.reason else why
@@ -525,6 +525,6 @@ class Switcher:
         await self.retire(dep.new_unit)
         self.store.set_app_state(dep.app.name, current=None)
         await self.retire(dep.app.socket_unit)
-        self.systemd.disable(dep.app.socket_unit)
+        await self.systemd.disable(dep.app.socket_unit)
         self.units.clear_socket_pointer(dep.app)
         await self._reload(dep)

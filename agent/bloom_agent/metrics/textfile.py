@@ -7,6 +7,7 @@ reports the same totals. Off when the directory does not exist (no node_exporter
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime
 from pathlib import Path
@@ -34,21 +35,21 @@ class TextfileExporter:
     def enabled(self) -> bool:
         return self.path.parent.is_dir()
 
-    def write(self, up: bool = True) -> None:
+    async def write(self, up: bool = True) -> None:
         """``up=False`` when the agent stops: the file stays, and says the agent is down."""
         if not self.enabled:
             return
         from prometheus_client import write_to_textfile  # only where there is somewhere to write
 
         try:
-            write_to_textfile(str(self.path), self.registry(up))
+            write_to_textfile(str(self.path), await self.registry(up))
             self._warned = False
         except Exception as exc:  # a full disk, systemd busy or unreachable: metrics never stop the agent
             if not self._warned:  # once, not every few seconds
                 log.warning("cannot write metrics to %s: %s", self.path, exc)
                 self._warned = True
 
-    def registry(self, up: bool = True):
+    async def registry(self, up: bool = True):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         registry = CollectorRegistry()
@@ -70,8 +71,8 @@ class TextfileExporter:
                               ["app", "action", "outcome"], buckets=DURATION_BUCKETS, registry=registry)
         probation = Histogram("bloom_probation_duration_seconds", "Time spent in probation", ["app"],
                               buckets=DURATION_BUCKETS, registry=registry)
-        for name in sorted(self.apps.apps):
-            status = self.apps.app_status(name)
+        names = sorted(self.apps.apps)
+        for name, status in zip(names, await asyncio.gather(*(self.apps.app_status(n) for n in names))):
             if status["current"]:
                 release.labels(name, status["current"]).set(1)
             for each in STATES:

@@ -1,28 +1,39 @@
 """The one door to systemd: start and stop units, read their state, hear about changes.
 
-Real implementation over pystemd's D-Bus binding; the bus's file descriptor sits in the asyncio
-loop, so job completion (JobRemoved) and unit changes (PropertiesChanged) arrive as events, never
-by polling. Unit tests use a fake with the same interface (tests/unit/fake_systemd.py).
+Real implementation over dbus-fast, an asyncio-native D-Bus client: every call is a message written
+to the bus and a reply awaited on the agent's loop, so a busy systemd (a daemon-reload, a host with
+hundreds of units) makes the caller wait, never the loop: requests, watchdog pings and other apps'
+probations go on meanwhile. Job completion (JobRemoved) and unit changes (PropertiesChanged) arrive
+as signals, never by polling. Unit tests use a fake with the same interface (tests/unit/fake_systemd.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
-import functools
+import collections
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Awaitable, Protocol
 
 from bloom_agent.errors import SystemdCallFailed, SystemdUnavailable
 from bloom_agent.systemd import cgroupstats
 
 log = logging.getLogger(__name__)
 
-SYSTEMD = b"org.freedesktop.systemd1"
-# How often a job wait double-checks that its completion signal was not lost.
-JOB_RECHECK_SEC = 2.0
-MANAGER_PATH = b"/org/freedesktop/systemd1"
+SYSTEMD = "org.freedesktop.systemd1"
+MANAGER_PATH = "/org/freedesktop/systemd1"
+MANAGER = "org.freedesktop.systemd1.Manager"
+UNIT = "org.freedesktop.systemd1.Unit"
+SERVICE = "org.freedesktop.systemd1.Service"
+PROPERTIES = "org.freedesktop.DBus.Properties"
+UNIT_PATH_PREFIX = "/org/freedesktop/systemd1/unit/"
+# systemd answers within this even when busy; a reload on a slow host may take longer.
+CALL_TIMEOUT_SEC = 30.0
+RELOAD_TIMEOUT_SEC = 120.0
+# JobRemoved signals seen for jobs nobody waits on yet: a fast job can end before its caller's
+# coroutine resumes with the job's path. Bounded: only the newest few can still be claimed.
+UNCLAIMED_JOBS = 256
+RECONNECT_DELAYS_SEC = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
 @dataclass(frozen=True)
@@ -57,24 +68,18 @@ class UnitStatus:
 
 
 class Systemd(Protocol):
-    def _list_jobs(self) -> list:
-        return self._manager.Manager.ListJobs()
-
     async def start(self, unit: str) -> str: ...
     async def stop(self, unit: str) -> str: ...
     async def daemon_reload(self) -> None: ...
-    def reset_failed(self, unit: str) -> None: ...
-    def enable(self, unit: str) -> None: ...
-    def disable(self, unit: str) -> None: ...
-    def status(self, unit: str) -> UnitStatus: ...
-    def instances(self, pattern: str) -> list[UnitStatus]: ...
-    def unit_metrics(self, unit: str) -> dict[str, int | None]: ...
-    def host_stopping(self) -> bool: ...
+    async def reset_failed(self, unit: str) -> None: ...
+    async def enable(self, unit: str) -> None: ...
+    async def disable(self, unit: str) -> None: ...
+    async def status(self, unit: str) -> UnitStatus: ...
+    async def instances(self, pattern: str) -> list[UnitStatus]: ...
+    async def unit_metrics(self, unit: str) -> dict[str, int | None]: ...
+    async def host_stopping(self) -> bool: ...
     async def wait_for_change(self, unit: str, timeout: float) -> bool: ...
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    def close(self) -> None: ...
 
 
 class NoSystemd:
@@ -83,170 +88,222 @@ class NoSystemd:
     def __init__(self, why: str) -> None:
         self.why = why
 
-    def _refuse(self, *args, **kwargs):
+    async def _refuse(self, *args, **kwargs):
         raise SystemdUnavailable(f"systemd is not reachable over D-Bus ({self.why})",
                                  hint="app operations need the agent running under systemd")
 
     start = stop = daemon_reload = enable = disable = status = wait_for_change = unit_metrics = _refuse
     reset_failed = _refuse
 
-    def instances(self, pattern: str) -> list[UnitStatus]:
+    async def instances(self, pattern: str) -> list[UnitStatus]:
         return []
 
-    def host_stopping(self) -> bool:
+    async def host_stopping(self) -> bool:
         return False
 
+    def close(self) -> None:
+        pass
 
-def connect(cgroup_roots: cgroupstats.Roots) -> "PystemdSystemd | NoSystemd":
+
+async def connect(cgroup_roots: cgroupstats.Roots) -> "DbusSystemd | NoSystemd":
     try:
-        return PystemdSystemd(cgroup_roots=cgroup_roots)
+        return await DbusSystemd.connect(cgroup_roots=cgroup_roots)
     except Exception as exc:  # no system bus, no permission: run on, and say so where it matters
         log.warning("systemd not reachable over D-Bus: %s; app operations are unavailable", exc)
-        return NoSystemd(str(exc))
+        return NoSystemd(str(exc) or type(exc).__name__)
 
 
-# sd-bus errors that mean the connection itself is gone, not that a call failed.
-_DISCONNECTED_ERRNOS = {-errno.ENOTCONN, -errno.ECONNRESET, -errno.EPIPE, -errno.ESHUTDOWN}
+def unit_path(name: str) -> str:
+    """The unit's object path, escaped as systemd escapes it (sd_bus_path_encode): every byte but
+    ASCII letters and digits, and a leading digit, becomes _XX. Reading a property on that path loads
+    the unit, so no LoadUnit round trip is needed."""
+    out = []
+    for i, byte in enumerate(name.encode()):
+        char = chr(byte)
+        if char.isascii() and char.isalnum() and not (i == 0 and char.isdigit()):
+            out.append(char)
+        else:
+            out.append(f"_{byte:02x}")
+    return UNIT_PATH_PREFIX + ("".join(out) or "_")
 
 
-def _disconnected(exc: Exception) -> bool:
-    return getattr(exc, "errno", None) in _DISCONNECTED_ERRNOS or type(exc).__name__ == "DBusDisconnectedError"
+def _match_rule(path: str, interface: str, member: str) -> str:
+    return f"type='signal',sender='{SYSTEMD}',path='{path}',interface='{interface}',member='{member}'"
 
 
-def _reconnecting(method):
-    """A call made again, once, on a new connection when the bus connection turns out to be gone."""
+class DbusSystemd:
+    """systemd over D-Bus, on the running loop. Build it with ``await DbusSystemd.connect()``.
 
-    @functools.wraps(method)
-    def call(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except Exception as exc:
-            if not _disconnected(exc):
-                raise
-            self._reopen(exc)
-            return method(self, *args, **kwargs)
+    One connection, one message handler. The matches it holds are counted: one for JobRemoved, and
+    one PropertiesChanged match per unit that someone is waiting on, removed when the last waiter
+    leaves, so a long-running agent does not collect them."""
 
-    return call
-
-
-class PystemdSystemd:
-    """systemd over D-Bus. Create it inside the running loop; the bus is passed in or opened here."""
-
-    def __init__(self, bus=None, cgroup_roots: cgroupstats.Roots = ()) -> None:
+    def __init__(self, cgroup_roots: cgroupstats.Roots = (), address: str | None = None) -> None:
         self._cgroup_roots = cgroup_roots
-        self._jobs: dict[bytes, asyncio.Future] = {}
-        self._watchers: dict[bytes, set[asyncio.Event]] = {}
-        self._callbacks: list = []
-        self._matched_paths: set[bytes] = set()
-        self._loop = asyncio.get_running_loop()
-        self._own_bus = bus is None
-        self._open(bus)
+        self._address = address
+        self._bus = None
+        self._closed = False
+        self._jobs: dict[str, tuple[asyncio.Future, str, str]] = {}  # job path -> (future, unit, method)
+        self._unclaimed: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._watchers: dict[str, set[asyncio.Event]] = {}  # unit path -> waiters
+        self._opening = asyncio.Lock()
+        self._keeper: asyncio.Task | None = None
 
-    def _open(self, bus=None) -> None:
-        from pystemd.dbuslib import DBus
-        from pystemd.systemd1 import Manager
+    @classmethod
+    async def connect(cls, cgroup_roots: cgroupstats.Roots = (), address: str | None = None) -> "DbusSystemd":
+        systemd = cls(cgroup_roots, address)
+        await systemd._open()
+        return systemd
 
-        self._bus = bus or DBus()
-        if bus is None:
-            self._bus.open()
-        self._manager = Manager(bus=self._bus)
-        self._manager.load()
-        self._manager.Manager.Subscribe()
-        self._callbacks.clear()
-        self._match(MANAGER_PATH, b"org.freedesktop.systemd1.Manager", b"JobRemoved", self._on_job_removed)
-        for path in self._matched_paths:
-            self._match(path, b"org.freedesktop.DBus.Properties", b"PropertiesChanged", self._on_properties)
-        self._loop.add_reader(self._bus.get_fd(), self._dispatch)
+    # -- the connection --------------------------------------------------------------------------
 
-    def _reopen(self, exc: Exception) -> None:
-        """The bus connection is gone (the broker dropped it): open a new one with the same
-        subscriptions. Signals sent meanwhile are lost; ``_job`` checks ListJobs for that."""
-        if not self._own_bus:
-            raise exc
-        log.warning("the D-Bus connection to systemd was lost (%s); connecting again", exc)
+    async def _open(self) -> None:
+        from dbus_fast import BusType
+        from dbus_fast.aio import MessageBus
+
+        bus = MessageBus(bus_address=self._address, bus_type=BusType.SYSTEM)
+        await bus.connect()
+        bus.add_message_handler(self._on_message)
+        self._bus = bus
         try:
-            self._loop.remove_reader(self._bus.get_fd())
-            self._bus.close()
-        except Exception:
-            pass  # it is gone already
-        self._open()
+            # Not through the reconnecting path: this is the (re)connection.
+            await self._call(MANAGER_PATH, MANAGER, "Subscribe", "", [], reconnect=False)
+            await self._add_match(_match_rule(MANAGER_PATH, MANAGER, "JobRemoved"), reconnect=False)
+            for path in list(self._watchers):
+                await self._add_match(_match_rule(path, PROPERTIES, "PropertiesChanged"), reconnect=False)
+        except BaseException:
+            bus.disconnect()  # half subscribed is not connected: the next attempt starts over
+            raise
+        self._keeper = asyncio.get_running_loop().create_task(self._keep(bus))
 
-    def _match(self, path: bytes, interface: bytes, member: bytes, method) -> None:
-        # pystemd sets attributes on the callback (a bound method allows none) and does not keep a
-        # reference to it: we must, or the bus calls freed memory.
-        def callback(msg, error=None, userdata=None):
-            method(msg)
+    async def _keep(self, bus) -> None:
+        """When the broker drops the connection, connect again with the same subscriptions (and keep
+        trying while the bus is away), then settle the job waits whose JobRemoved went with it."""
+        try:
+            await bus.wait_for_disconnect()
+            why = "closed by the bus"
+        except Exception as exc:
+            why = str(exc) or type(exc).__name__
+        if self._closed:
+            return
+        log.warning("the D-Bus connection to systemd was lost (%s); connecting again", why)
+        attempt = 0
+        while not self._closed:
+            try:
+                await self._reconnect()
+                await self._settle_jobs()
+                return
+            except Exception as exc:
+                if attempt % len(RECONNECT_DELAYS_SEC) == 0:
+                    log.warning("connecting to systemd over D-Bus again failed (%s); retrying", exc)
+                await asyncio.sleep(RECONNECT_DELAYS_SEC[min(attempt, len(RECONNECT_DELAYS_SEC) - 1)])
+                attempt += 1
 
-        self._callbacks.append(callback)
-        self._bus.match_signal(SYSTEMD, path, interface, member, callback)
+    async def _reconnect(self) -> None:
+        """One attempt; a caller that finds the connection gone fails now rather than wait for the bus."""
+        async with self._opening:
+            if self._closed or (self._bus is not None and self._bus.connected):
+                return  # someone else got there first
+            await self._open()
+
+    async def _settle_jobs(self) -> None:
+        [rows] = await self._call(MANAGER_PATH, MANAGER, "ListJobs", "", [])
+        listed = {row[4] for row in rows}
+        for job, (future, unit, method) in list(self._jobs.items()):
+            if job in listed or future.done():
+                continue
+            del self._jobs[job]
+            status = await self.status(unit)
+            wanted = status.active if method == "StartUnit" else not status.running
+            log.warning("%s: job %s ended while the bus was away; unit is %s", unit, job, status.active_state)
+            future.set_result("done" if wanted else "failed")
 
     def close(self) -> None:
-        self._loop.remove_reader(self._bus.get_fd())
-        self._bus.close()
+        self._closed = True
+        if self._keeper is not None:
+            self._keeper.cancel()
+        if self._bus is not None:
+            self._bus.disconnect()
 
-    def _dispatch(self) -> None:
-        try:
-            while not self._bus.process().is_empty():
-                pass
-        except Exception as exc:
-            if not _disconnected(exc):
-                raise
-            self._reopen(exc)
+    @property
+    def matches(self) -> int:
+        """Match rules this connection holds on the bus (for the long-run benchmark and tests)."""
+        return 1 + len(self._watchers)
 
-    def _kick(self) -> None:
-        # A synchronous call reads whatever else is on the socket into sd-bus's queue; the fd is then
-        # no longer readable, so the loop would not wake for those signals. Process them soon.
-        self._loop.call_soon_threadsafe(self._dispatch)
+    async def _call(self, path: str, interface: str, member: str, signature: str, body: list,
+                    timeout: float = CALL_TIMEOUT_SEC, destination: str = SYSTEMD, reconnect: bool = True) -> list:
+        from dbus_fast import Message, MessageType
 
-    def _on_job_removed(self, msg) -> None:
-        msg.process_reply(True)
-        _id, job, _unit, result = msg.body
-        future = self._jobs.pop(job, None)
-        if future is not None and not future.done():
-            future.set_result(_text(result))
-
-    def _on_properties(self, msg) -> None:
-        msg.process_reply(True)
-        for event in self._watchers.get(msg.headers.get("Path", b""), ()):
-            event.set()
-
-    async def _job(self, method_name: str, unit: str) -> str:
-        future = asyncio.get_running_loop().create_future()
-        # sd_bus_call queues signals instead of dispatching them, so JobRemoved cannot slip past
-        # between the call's return and the registration below.
-        try:
-            job = getattr(self._manager.Manager, method_name)(unit.encode(), b"replace")
-        except Exception as exc:
-            if not _disconnected(exc):
-                raise
-            self._reopen(exc)
-            job = getattr(self._manager.Manager, method_name)(unit.encode(), b"replace")
-        self._jobs[job] = future
-        self._kick()
-        while True:
+        for attempt in (1, 2):
+            if self._bus is None or not self._bus.connected:
+                if not reconnect:
+                    raise SystemdUnavailable(f"the D-Bus connection to systemd closed before {member}",
+                                             hint="is dbus running? systemctl status dbus")
+                await self._reconnect()
+            bus = self._bus
+            message = Message(destination=destination, path=path, interface=interface, member=member,
+                              signature=signature, body=body)
             try:
-                async with asyncio.timeout(JOB_RECHECK_SEC):
-                    return await asyncio.shield(future)
-            except asyncio.TimeoutError:
-                pass
-            # Safety net: sd-bus may hold a JobRemoved in its queue with nothing left on the socket to
-            # wake the loop. Drain the queue; if the job is gone and its signal still unseen, the
-            # unit's state says how it ended.
-            self._dispatch()
-            if future.done():
-                return future.result()
-            listed = {bytes(row[4]) for row in self._list_jobs()}
-            if job not in listed:
-                self._jobs.pop(job, None)
-                status = self.status(unit)
-                wanted = status.active if method_name == "StartUnit" else not status.running
-                log.warning("%s: job %s ended without a JobRemoved signal seen; unit is %s", unit,
-                            job.decode(), status.active_state)
-                return "done" if wanted else "failed"
+                async with asyncio.timeout(timeout):
+                    reply = await bus.call(message)
+            except TimeoutError:
+                raise SystemdCallFailed(f"systemd did not answer {member} within {timeout:.0f} s",
+                                        hint="see systemd's journal (journalctl -b _PID=1)") from None
+            except Exception as exc:  # the connection went away under the call: once more on a new one
+                if attempt == 2 or self._closed or not reconnect:
+                    raise SystemdUnavailable(f"the D-Bus connection to systemd failed during {member}: {exc}",
+                                             hint="is dbus running? systemctl status dbus") from exc
+                continue
+            if reply.message_type == MessageType.ERROR:
+                text = reply.body[0] if reply.body else reply.error_name
+                raise SystemdCallFailed(f"{member} failed: {text} ({reply.error_name})",
+                                        hint="see systemd's journal (journalctl -b _PID=1)")
+            return reply.body
+        raise AssertionError("unreachable")
 
-    @_reconnecting
-    def _list_jobs(self) -> list:
-        return self._manager.Manager.ListJobs()
+    async def _add_match(self, rule: str, reconnect: bool = True) -> None:
+        await self._call("/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch", "s", [rule],
+                         destination="org.freedesktop.DBus", reconnect=reconnect)
+
+    async def _remove_match(self, rule: str) -> None:
+        try:
+            await self._call("/org/freedesktop/DBus", "org.freedesktop.DBus", "RemoveMatch", "s", [rule],
+                             destination="org.freedesktop.DBus")
+        except Exception as exc:  # a connection lost since: its matches went with it
+            log.debug("RemoveMatch %s: %s", rule, exc)
+
+    def _on_message(self, msg) -> bool:
+        from dbus_fast import MessageType
+
+        if msg.message_type != MessageType.SIGNAL:
+            return False
+        if msg.member == "JobRemoved" and msg.interface == MANAGER:
+            _id, job, _unit, result = msg.body
+            waiting = self._jobs.pop(job, None)
+            if waiting is None:
+                self._unclaimed[job] = result
+                while len(self._unclaimed) > UNCLAIMED_JOBS:
+                    self._unclaimed.popitem(last=False)
+            elif not waiting[0].done():
+                waiting[0].set_result(result)
+        elif msg.member == "PropertiesChanged" and msg.interface == PROPERTIES:
+            for event in self._watchers.get(msg.path, ()):
+                event.set()
+        return False
+
+    # -- jobs ------------------------------------------------------------------------------------
+
+    async def _job(self, method: str, unit: str) -> str:
+        [job] = await self._call(MANAGER_PATH, MANAGER, method, "ss", [unit, "replace"])
+        result = self._unclaimed.pop(job, None)
+        if result is not None:  # it ended before we got here
+            return result
+        future = asyncio.get_running_loop().create_future()
+        self._jobs[job] = (future, unit, method)
+        try:
+            return await future
+        finally:
+            self._jobs.pop(job, None)
 
     async def start(self, unit: str) -> str:
         return await self._job("StartUnit", unit)
@@ -255,105 +312,87 @@ class PystemdSystemd:
         return await self._job("StopUnit", unit)
 
     async def daemon_reload(self) -> None:
-        """Reload takes from 0.1 s to seconds on a busy host, and longer on a slow one: done by
-        systemctl in a child process, so the loop keeps answering requests and pinging the watchdog
-        meanwhile. (Not pystemd in a thread: its calls hold the GIL until systemd answers.)"""
-        proc = await asyncio.create_subprocess_exec(
-            "systemctl", "daemon-reload", stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-        _, err = await proc.communicate()
-        if proc.returncode != 0:
-            raise SystemdCallFailed(f"systemctl daemon-reload exited with {proc.returncode}: "
-                                    f"{err.decode(errors='replace').strip()}",
-                                    hint="see systemd's journal (journalctl -b _PID=1)")
+        """systemd answers Reload once the reload is done; meanwhile it answers no one else, but the
+        agent's loop is only waiting for a reply, so it goes on serving."""
+        await self._call(MANAGER_PATH, MANAGER, "Reload", "", [], timeout=RELOAD_TIMEOUT_SEC)
 
-    @_reconnecting
-    def reset_failed(self, unit: str) -> None:
+    async def reset_failed(self, unit: str) -> None:
         try:
-            self._manager.Manager.ResetFailedUnit(unit.encode())
-        except Exception as exc:  # not loaded any more, or never failed: nothing to forget
+            await self._call(MANAGER_PATH, MANAGER, "ResetFailedUnit", "s", [unit])
+        except SystemdCallFailed as exc:  # not loaded any more, or never failed: nothing to forget
             log.debug("reset-failed %s: %s", unit, exc)
-        self._kick()
 
-    @_reconnecting
-    def enable(self, unit: str) -> None:
-        self._manager.Manager.EnableUnitFiles([unit.encode()], False, True)
-        self._kick()
+    async def enable(self, unit: str) -> None:
+        await self._call(MANAGER_PATH, MANAGER, "EnableUnitFiles", "asbb", [[unit], False, True])
 
-    @_reconnecting
-    def disable(self, unit: str) -> None:
-        self._manager.Manager.DisableUnitFiles([unit.encode()], False)
-        self._kick()
+    async def disable(self, unit: str) -> None:
+        await self._call(MANAGER_PATH, MANAGER, "DisableUnitFiles", "asb", [[unit], False])
 
-    def _unit(self, unit: str):
-        from pystemd.systemd1 import Unit
+    # -- properties ------------------------------------------------------------------------------
 
-        u = Unit(unit.encode(), bus=self._bus)
-        u.load()
-        self._kick()
-        return u
+    async def _properties(self, path: str, interface: str, names: tuple[str, ...]) -> dict[str, Any]:
+        """Several properties at once: the Gets go out together and their replies come back in one
+        read, one round trip, without GetAll's hundred-odd values to decode."""
+        replies: list[Awaitable] = [self._call(path, PROPERTIES, "Get", "ss", [interface, name]) for name in names]
+        values = await asyncio.gather(*replies)
+        return {name: value[0].value for name, value in zip(names, values)}
 
-    @_reconnecting
-    def status(self, unit: str) -> UnitStatus:
-        u = self._unit(unit)
-        is_service = unit.endswith(".service") and u.Unit.LoadState == b"loaded"
-        return UnitStatus(
-            name=unit,
-            load_state=_text(u.Unit.LoadState),
-            active_state=_text(u.Unit.ActiveState),
-            sub_state=_text(u.Unit.SubState),
-            result=_text(u.Service.Result) if is_service else "",
-            n_restarts=int(u.Service.NRestarts) if is_service else 0,
-            main_pid=int(u.Service.MainPID) if is_service else 0,
-            exec_main_status=int(u.Service.ExecMainStatus) if is_service else 0,
-        )
+    async def status(self, unit: str) -> UnitStatus:
+        path = unit_path(unit)
+        u = await self._properties(path, UNIT, ("LoadState", "ActiveState", "SubState"))
+        s = {"Result": "", "NRestarts": 0, "MainPID": 0, "ExecMainStatus": 0}
+        if unit.endswith(".service") and u["LoadState"] == "loaded":
+            s = await self._properties(path, SERVICE, tuple(s))
+        return UnitStatus(name=unit, load_state=u["LoadState"], active_state=u["ActiveState"],
+                          sub_state=u["SubState"], result=s["Result"], n_restarts=int(s["NRestarts"]),
+                          main_pid=int(s["MainPID"]), exec_main_status=int(s["ExecMainStatus"]))
 
-    def host_stopping(self) -> bool:
+    async def host_stopping(self) -> bool:
         """Is the host shutting down? Then units stop because of it, not because they fail."""
         try:
-            return _text(self._manager.Manager.SystemState) == "stopping"
+            state = await self._properties(MANAGER_PATH, MANAGER, ("SystemState",))
+            return state["SystemState"] == "stopping"
         except Exception as exc:
             # The bus going away is what a shutdown looks like from here; the caller waits a bounded
             # time for its own stop, so a passing hiccup only delays a verdict.
             log.warning("cannot read systemd's state (%s); treating it as a shutdown", exc)
             return True
 
-    @_reconnecting
-    def unit_metrics(self, unit: str) -> dict[str, int | None]:
+    async def unit_metrics(self, unit: str) -> dict[str, int | None]:
         """The unit's cgroup memory and task count; None where accounting is off (systemd says 2^64-1)."""
-        u = self._unit(unit)
+        values = await self._properties(unit_path(unit), SERVICE, ("MemoryCurrent", "TasksCurrent", "ControlGroup"))
 
         def known(value) -> int | None:
             value = int(value)
             return None if value >= 2**64 - 1 else value
 
-        metrics = {"memory": known(u.Service.MemoryCurrent), "tasks": known(u.Service.TasksCurrent)}
+        metrics = {"memory": known(values["MemoryCurrent"]), "tasks": known(values["TasksCurrent"])}
         if None in metrics.values():
-            fallback = cgroupstats.usage(_text(u.Service.ControlGroup), self._cgroup_roots)
+            fallback = await asyncio.to_thread(cgroupstats.usage, values["ControlGroup"], self._cgroup_roots)
             metrics = {k: v if v is not None else fallback[k] for k, v in metrics.items()}
         return metrics
 
-    @_reconnecting
-    def instances(self, pattern: str) -> list[UnitStatus]:
-        listed = self._manager.Manager.ListUnitsByPatterns([], [pattern.encode()])
-        return [self.status(_text(row[0])) for row in listed]
+    async def instances(self, pattern: str) -> list[UnitStatus]:
+        [listed] = await self._call(MANAGER_PATH, MANAGER, "ListUnitsByPatterns", "asas", [[], [pattern]])
+        return list(await asyncio.gather(*(self.status(row[0]) for row in listed)))
 
     async def wait_for_change(self, unit: str, timeout: float) -> bool:
         """Wait until systemd reports a property change on ``unit``, or ``timeout``; True if it changed."""
-        path = self._unit(unit).path
-        if path not in self._matched_paths:
-            # One match per unit path: pystemd's match_signal does not take a wildcard path.
-            self._match(path, b"org.freedesktop.DBus.Properties", b"PropertiesChanged", self._on_properties)
-            self._matched_paths.add(path)
+        path = unit_path(unit)
+        rule = _match_rule(path, PROPERTIES, "PropertiesChanged")
         event = asyncio.Event()
-        self._watchers.setdefault(path, set()).add(event)
+        waiters = self._watchers.setdefault(path, set())
+        waiters.add(event)
         try:
+            if len(waiters) == 1:
+                await self._add_match(rule)
             async with asyncio.timeout(timeout):  # not wait_for: see healthchecks.run_check
                 await event.wait()
             return True
         except asyncio.TimeoutError:
             return False
         finally:
-            self._watchers[path].discard(event)
-            if not self._watchers[path]:
+            waiters.discard(event)
+            if not waiters and self._watchers.get(path) is waiters:
                 del self._watchers[path]
+                await self._remove_match(rule)

@@ -12,7 +12,7 @@ import re
 import time
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Callable
+from typing import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from bloom_agent.config.checks import CheckSpec
@@ -40,7 +40,7 @@ class Target:
     app: str
     version: str
     unit: str
-    unit_metrics: Callable[[str], dict[str, int | None]]
+    unit_metrics: Callable[[str], Awaitable[dict[str, int | None]]]
 
 
 async def run_check(spec: CheckSpec, target: Target) -> CheckResult:
@@ -108,7 +108,7 @@ async def _command(spec: CheckSpec, target: Target) -> tuple[bool, str]:
 
 
 async def _memory(spec: CheckSpec, target: Target) -> tuple[bool, str]:
-    used = target.unit_metrics(target.unit).get("memory")
+    used = (await target.unit_metrics(target.unit)).get("memory")
     if used is None:
         return True, "memory accounting unavailable for this unit; not checked"
     if used > spec.memory_threshold_bytes:
@@ -117,7 +117,7 @@ async def _memory(spec: CheckSpec, target: Target) -> tuple[bool, str]:
 
 
 async def _tasks(spec: CheckSpec, target: Target) -> tuple[bool, str]:
-    tasks = target.unit_metrics(target.unit).get("tasks")
+    tasks = (await target.unit_metrics(target.unit)).get("tasks")
     if tasks is None:
         return True, "task accounting unavailable for this unit; not checked"
     if tasks > spec.max_tasks:

@@ -58,7 +58,7 @@ class UnitMonitor:
         nothing about the release. Only an error that lasts is the monitor failing."""
         for attempt in range(STATUS_ATTEMPTS):
             try:
-                return self.systemd.status(self.unit)
+                return await self.systemd.status(self.unit)
             except Exception as exc:
                 if attempt == STATUS_ATTEMPTS - 1:
                     raise
