@@ -440,13 +440,13 @@ def test_journal_matches_leave_out_what_cannot_count():
     other_unit = _raw(MESSAGE="boom", PRIORITY=3, _SYSTEMD_UNIT="web@1.service", _PID=66)
     forged = [{k: v.encode() for k, v in e.items()} for e in FORGED]
     reader = _reader_for(m, [warning, error, *forged, systemd_line, other_unit, suppressed])
-    seen = [e["MESSAGE"] for e in monitors.read_entries(reader)]
+    seen = [e["MESSAGE"] for e in monitors.read_entries(reader, "web@2.service")]
     assert seen == ["boom", "web@2.service: Failed", "Suppressed 37 messages from web@2.service"]
 
     # With error patterns every line of the release is read, whatever its priority; still no forged one.
     p = monitors.JournalMonitor("web@2.service", 0, ("slow",))
     reader = _reader_for(p, [warning, *forged, other_unit])
-    assert [e["MESSAGE"] for e in monitors.read_entries(reader)] == ["slow", "odd"]
+    assert [e["MESSAGE"] for e in monitors.read_entries(reader, "web@2.service")] == ["slow", "odd"]
 
 
 def test_forged_lines_do_not_count_even_past_the_matches():
@@ -457,13 +457,18 @@ def test_forged_lines_do_not_count_even_past_the_matches():
 
 
 def test_read_entries_decodes_only_the_fields_that_count():
-    raw = _raw(MESSAGE="caf\u00e9", PRIORITY=3, _SYSTEMD_UNIT="web@2.service", _PID=7, _BOOT_ID="ab" * 16,
-               CODE_FILE="app.py", __REALTIME_TIMESTAMP=1)
-    raw["MESSAGE"] += b"\xff"
-    reader = FakeReader([raw])
-    reader.add_match("_PID=7")
-    [entry] = list(monitors.read_entries(reader))
-    assert entry == {"MESSAGE": "caf\u00e9\ufffd", "PRIORITY": "3", "_SYSTEMD_UNIT": "web@2.service", "_PID": "7"}
+    ours = _raw(MESSAGE="caf\u00e9", PRIORITY=3, _SYSTEMD_UNIT="web@2.service", _PID=7, _BOOT_ID="ab" * 16,
+                _TRANSPORT="stdout", CODE_FILE="app.py", __REALTIME_TIMESTAMP=1)
+    ours["MESSAGE"] += b"\xff"
+    systemds = _raw(MESSAGE="web@2.service: Failed", PRIORITY=3, UNIT="web@2.service", _PID=1,
+                    _SYSTEMD_UNIT="init.scope", _TRANSPORT="journal", CODE_FILE="unit.c")
+    reader = FakeReader([ours, systemds])
+    reader.add_match("PRIORITY=3")
+    first, second = monitors.read_entries(reader, "web@2.service")
+    # the release's own line: where it comes from is settled by _SYSTEMD_UNIT, nothing more is read
+    assert first == {"MESSAGE": "caf\u00e9\ufffd", "PRIORITY": "3", "_SYSTEMD_UNIT": "web@2.service"}
+    assert second == {"MESSAGE": "web@2.service: Failed", "PRIORITY": "3", "UNIT": "web@2.service", "_PID": "1",
+                      "_SYSTEMD_UNIT": "init.scope", "_TRANSPORT": "journal"}
 
 
 def test_journal_monitor_reads_on_wakeup_and_trips(monkeypatch):

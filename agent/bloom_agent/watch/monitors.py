@@ -86,8 +86,11 @@ def _priority(value) -> int | None:
 
 # The fields the journal monitor reads; the rest of an entry is never decoded. Reading every field
 # (Reader.get_next) and converting each was most of the agent's CPU while a release logged thousands
-# of lines a second.
-ENTRY_FIELDS = ("MESSAGE", "PRIORITY", "MESSAGE_ID", "UNIT", "_SYSTEMD_UNIT", "_PID", "_TRANSPORT")
+# of lines a second. Each field read scans the entry's items again (bench/journal_read_cost.py), so a
+# line of the release, the bulk, costs three; the fields that tell journald's and systemd's own lines
+# apart are read only for the others (a release's line never has _TRANSPORT=driver).
+RELEASE_FIELDS = ("_SYSTEMD_UNIT", "PRIORITY", "MESSAGE")
+OTHER_FIELDS = ("_TRANSPORT", "MESSAGE_ID", "_PID", "UNIT")
 ERROR_PRIORITIES = ("0", "1", "2", "3")  # emerg, alert, crit, err
 # journald already coalesces its notifications (250 ms); this bounds the wake-ups when several journal
 # files change at once, for at most this much latency.
@@ -106,17 +109,23 @@ def journal_matches(unit: str, every_line: bool) -> list[list[str]]:
             [f"MESSAGE_ID={SUPPRESSED_MESSAGE_ID}", "_TRANSPORT=driver"]]
 
 
-def read_entries(reader):
-    """The entries after the reader's position, each as a dict of the ENTRY_FIELDS it has (as text)."""
+def _fields(reader, names: tuple[str, ...], into: dict) -> dict:
+    for name in names:
+        try:
+            value = reader._get(name)
+        except KeyError:  # the entry has no such field
+            continue
+        # bytes from python3-systemd 235; a newer one may decode for us
+        into[name] = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return into
+
+
+def read_entries(reader, unit: str):
+    """The entries after the reader's position, each as a dict of the fields ``_count`` needs (as text)."""
     while reader._next():
-        entry = {}
-        for field in ENTRY_FIELDS:
-            try:
-                value = reader._get(field)
-            except KeyError:  # the entry has no such field
-                continue
-            # bytes from python3-systemd 235; a newer one may decode for us
-            entry[field] = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        entry = _fields(reader, RELEASE_FIELDS, {})
+        if entry.get("_SYSTEMD_UNIT") != unit:
+            _fields(reader, OTHER_FIELDS, entry)
         yield entry
 
 
@@ -186,7 +195,7 @@ class JournalMonitor:
         loop.add_reader(reader.fileno(), readable.set)
         try:
             while True:
-                for entry in read_entries(reader):
+                for entry in read_entries(reader, self.unit):
                     self.entries_read += 1
                     trip = self.feed(entry, time.monotonic())
                     if trip:
@@ -195,8 +204,14 @@ class JournalMonitor:
                 readable.clear()
                 await readable.wait()
                 self.wakeups += 1
-                await asyncio.sleep(max(0.0, last_read + MIN_WAKE_GAP_SEC - loop.time()))
-                reader.process()  # re-arms the descriptor; the new entries are read at the top
+                gap = last_read + MIN_WAKE_GAP_SEC - loop.time()
+                if gap > 0:
+                    # Out of the loop meanwhile: the loop's readers are level-triggered, and a descriptor
+                    # not yet drained by process() would wake it again and again.
+                    loop.remove_reader(reader.fileno())
+                    await asyncio.sleep(gap)
+                    loop.add_reader(reader.fileno(), readable.set)
+                reader.process()  # drains the descriptor; the new entries are read at the top
         finally:
             loop.remove_reader(reader.fileno())
             reader.close()
