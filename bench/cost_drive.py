@@ -205,8 +205,9 @@ def restart_agent() -> int:
 
 def monitor_log(version: str) -> str | None:
     """The journal monitor's own count of what it read (a line at the end of each probation)."""
-    out = sh("journalctl", "-u", "bloom-agent", "-o", "cat", "--no-pager", "--grep",
-             f"journal monitor for web@{version}.service")
+    # journalctl --grep exits 1 when nothing matches (a package from before that line)
+    out = subprocess.run(["journalctl", "-u", "bloom-agent", "-o", "cat", "--no-pager", "--grep",
+                          f"journal monitor for web@{version}.service"], capture_output=True, text=True).stdout
     return out.strip().splitlines()[-1] if out.strip() else None
 
 
