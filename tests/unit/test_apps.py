@@ -130,6 +130,7 @@ def test_units_are_rendered_only_when_their_inputs_or_text_changed(tmp_path, mon
 
     templates = tmp_path / "templates"
     shutil.copytree(unitfiles.SOURCE_TEMPLATES, templates)
+    (templates / "old").mkdir()  # an operator's leftovers beside the templates
     writer = unitfiles.UnitWriter(unitfiles.UnitPaths(etc=tmp_path / "etc", run=tmp_path / "run",
                                                       templates=(templates,)))
     app = apps.load_app(write(tmp_path, MINIMAL))

@@ -209,7 +209,7 @@ class UnitWriter:
         digest.update(repr(app).encode())
         for directory in self.paths.templates:
             if directory.is_dir():
-                for path in sorted(directory.iterdir()):
+                for path in sorted(p for p in directory.iterdir() if p.is_file()):
                     digest.update(b"\0" + path.name.encode() + b"\0" + path.read_bytes())
         return digest.hexdigest()
 
