@@ -14,6 +14,8 @@ Measures the agent's own cost from /proc (CPU time, resident memory) in three si
 4. (unless --no-ratelimit-check) journald's default rate limit back, and --ratelimit-version,
    which logs as much: what the agent makes of journald's "Suppressed N messages".
 
+Before them: each import's share of memory (import_footprint.py, against the installed package), and
+the agent restarted, to be sampled after start-up alone, with the extension modules it has mapped.
 Sampling only reads /proc, the journal and the state database; it never calls the agent.
 Writes --out (JSON). Standard library and python3-systemd only (Debian's python3).
 """
@@ -183,27 +185,30 @@ def find_line(unit: str, since: float, number: int) -> float | None:
     return found
 
 
-# What the agent's imports cost: resident memory of a fresh python3 after importing each (the agent itself
-# imports all of them; the last line is the whole daemon module).
-IMPORTS = ("", "asyncio", "sqlite3", "tomllib", "json, logging, re, hashlib, tarfile, lzma, zlib, shutil, tempfile",
-           "jinja2", "pystemd.systemd1, pystemd.dbuslib", "systemd.journal", "sdnotify", "psutil", "zstandard",
-           "click", "bloom_agent.cli.main", "bloom_agent.daemon.agent")
-RSS_CODE = ("import sys\n{imports}\n"
-            "st = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines() if ':' in l)\n"
-            "print(int(st['VmRSS'].split()[0]), int(st['RssAnon'].split()[0]), len(sys.modules))")
+def extension_modules(pid: int) -> list[str]:
+    """The Python extension modules mapped into a process: which optional imports it has loaded
+    (markupsafe's for jinja2, _psutil_linux for psutil, _reader for the journal reader, ...)."""
+    names = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        path = line.split()[-1] if len(line.split()) >= 6 else ""
+        if path.startswith("/usr/lib/python3") and ".so" in path:
+            names.add(path.removeprefix("/usr/lib/python3/dist-packages/").removeprefix("/usr/lib/python3.11/"))
+    return sorted(names)
 
 
-def import_costs() -> list[dict]:
-    out = []
-    for names in IMPORTS:
-        code = RSS_CODE.format(imports=f"import {names}" if names else "")
-        proc = subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, text=True)
-        if proc.returncode != 0:
-            out.append({"imports": names, "error": proc.stderr.strip()[-300:]})
-            continue
-        rss, anon, modules = (int(x) for x in proc.stdout.split())
-        out.append({"imports": names or "(python3 alone)", "rss_kb": rss, "rss_anon_kb": anon, "modules": modules})
-    return out
+def restart_agent() -> int:
+    """A fresh agent, with the app declared and serving and nothing asked of it yet; its main pid."""
+    sh("systemctl", "restart", "bloom-agent")  # Type=notify: returns after READY=1
+    time.sleep(5)  # resuming and reconciling run after READY=1, as a task
+    return main_pid("bloom-agent")
+
+
+def monitor_log(version: str) -> str | None:
+    """The journal monitor's own count of what it read (a line at the end of each probation)."""
+    # journalctl --grep exits 1 when nothing matches (a package from before that line)
+    out = subprocess.run(["journalctl", "-u", "bloom-agent", "-o", "cat", "--no-pager", "--grep",
+                          f"journal monitor for web@{version}.service"], capture_output=True, text=True).stdout
+    return out.strip().splitlines()[-1] if out.strip() else None
 
 
 def journald_restart(limit_off: bool) -> None:
@@ -252,9 +257,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
 
-    report: dict = {"config": vars(args), "memory": {}, "imports": import_costs()}
+    # each import's share, measured in this machine against the installed package
+    from import_footprint import measure
+    report: dict = {"config": vars(args), "memory": {}, "footprint": measure(Path("/usr/lib/python3/dist-packages"))}
     agent = main_pid("bloom-agent")
-    report["memory"]["start"] = {"agent": sample(agent), "MemoryCurrent": unit_memory("bloom-agent")}
+    report["memory"]["start"] = {"agent": sample(agent), "MemoryCurrent": unit_memory("bloom-agent"),
+                                 "extensions": extension_modules(agent)}
+    agent = restart_agent()
+    report["memory"]["restarted"] = {"agent": sample(agent), "MemoryCurrent": unit_memory("bloom-agent"),
+                                     "extensions": extension_modules(agent)}
 
     say(f"idle: {args.idle_sec:g} s")
     time.sleep(5)
@@ -269,6 +280,7 @@ def main(argv=None) -> int:
     configure(args.probation)
     flood = flood_window(args.flood_version, args.probation, agent)
     flood["lines"] = count_lines(f"web@{args.flood_version}.service", *flood["window"])
+    flood["monitor_log"] = monitor_log(args.flood_version)
     report["flood"] = flood
     report["memory"]["after_flood"] = {"agent": sample(agent), "MemoryCurrent": unit_memory("bloom-agent")}
     rate = flood["lines"]["stored"] / flood["lines"]["seconds"]
@@ -287,6 +299,7 @@ def main(argv=None) -> int:
     verdict = burst["steps"].get("rolling-back")
     burst["verdict_at"] = verdict
     burst["lag"] = (verdict - burst["crossing_at"]) if verdict and burst["crossing_at"] else None
+    burst["monitor_log"] = monitor_log(args.burst_version)
     report["burst"] = burst
     report["memory"]["after_burst"] = {"agent": sample(agent), "MemoryCurrent": unit_memory("bloom-agent")}
 

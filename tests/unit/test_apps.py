@@ -151,6 +151,57 @@ def test_socket_pointer_layers(tmp_path):
     assert writer.write_app_units(app) == (True, True) and writer.write_app_units(app) == (False, False)
 
 
+def _not_rendered(*args, **kwargs):
+    raise AssertionError("rendered although the unit was current")
+
+
+def test_units_are_rendered_only_when_their_inputs_or_text_changed(tmp_path, monkeypatch):
+    """A start-up with nothing changed reads the stamps and renders nothing (so jinja2 is not loaded);
+    a changed setting or template, or a hand edit, is rendered and written again."""
+    import shutil
+
+    templates = tmp_path / "templates"
+    shutil.copytree(unitfiles.SOURCE_TEMPLATES, templates)
+    (templates / "old").mkdir()  # an operator's leftovers beside the templates
+    writer = unitfiles.UnitWriter(unitfiles.UnitPaths(etc=tmp_path / "etc", run=tmp_path / "run",
+                                                      templates=(templates,)))
+    app = apps.load_app(write(tmp_path, MINIMAL))
+    socket, service = tmp_path / "etc" / "web.socket", tmp_path / "etc" / "web@.service"
+    assert writer.write_app_units(app) == (True, True)
+    rendered = service.read_text()
+    assert rendered.startswith(unitfiles.render_service(app, (templates,)))
+    assert rendered.splitlines()[-1].startswith(unitfiles.STAMP)
+
+    with monkeypatch.context() as m:
+        m.setattr(unitfiles, "render_socket", _not_rendered)
+        m.setattr(unitfiles, "render_service", _not_rendered)
+        assert writer.write_app_units(app) == (False, False)
+
+    service.write_text(rendered.replace("Restart=", "Restart=no\n#Restart="))  # a hand edit, stamp kept
+    assert writer.write_app_units(app) == (False, True) and service.read_text() == rendered
+
+    changed = apps.load_app(write(tmp_path, MINIMAL + "stop_timeout_sec = 7\n"))
+    assert writer.write_app_units(changed) == (False, True)
+    assert "TimeoutStopSec=7s" in service.read_text()
+
+    stamp = socket.read_text().splitlines()[-1]
+    (templates / "app.socket.j2").write_text((templates / "app.socket.j2").read_text() + "# new line\n")
+    assert writer.write_app_units(changed) == (True, False)
+    assert socket.read_text().splitlines()[-2:] != ["# new line", stamp]
+
+
+def test_a_unit_written_before_stamps_gets_one_without_counting_as_changed(tmp_path):
+    """After an upgrade the units are the same to systemd: no daemon-reload, no 'addresses changed'."""
+    app = apps.load_app(write(tmp_path, MINIMAL))
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "web.socket").write_text(unitfiles.render_socket(app))
+    (etc / "web@.service").write_text(unitfiles.render_service(app))
+    writer = unitfiles.UnitWriter(unitfiles.UnitPaths(etc=etc, run=tmp_path / "run"))
+    assert writer.write_app_units(app) == (False, False)
+    assert (etc / "web.socket").read_text().splitlines()[-1].startswith(unitfiles.STAMP)
+
+
 @pytest.mark.parametrize("a, b, clash", [
     ("127.0.0.1:80", "127.0.0.1:80", True),
     ("127.0.0.1:80", "127.0.0.2:80", False),

@@ -1,4 +1,5 @@
 import asyncio
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -353,3 +354,150 @@ def test_time_to_trip():
     spec = parse_checks([{"type": "tcp", "address": "127.0.0.1:1", "interval_sec": 2, "timeout_sec": 2,
                           "failures": 3}], Path("a.toml"), ())[0]
     assert spec.time_to_trip == 3 * (2 + 2) + TRIP_SLACK_SEC
+
+
+class FakeReader:
+    """A journal reader over a list of entries (bytes values, as python3-systemd gives them), with
+    libsystemd's match rules: within a term, values of one field are ORed and different fields
+    ANDed; terms are ORed. ``fileno`` is a pipe: writing to it is journald saying "new entries"."""
+
+    def __init__(self, entries=()):
+        self.entries, self.pos, self.terms = list(entries), 0, [[]]
+        self.rfd, self.wfd = os.pipe()
+        self.current = None
+        self.processed = 0
+
+    def add_match(self, *matches):
+        self.terms[-1].extend(matches)
+
+    def add_disjunction(self):
+        self.terms.append([])
+
+    def _matches(self, entry):
+        def term_ok(term):
+            fields = {}
+            for m in term:
+                field, value = m.split("=", 1)
+                fields.setdefault(field, set()).add(value.encode())
+            return all(entry.get(f) in values for f, values in fields.items())
+        return any(term_ok(t) for t in self.terms if t)
+
+    def _next(self):
+        while self.pos < len(self.entries):
+            self.current = self.entries[self.pos]
+            self.pos += 1
+            if self._matches(self.current):
+                return True
+        return False
+
+    def _get(self, field):
+        return self.current[field]
+
+    def log(self, **fields):
+        self.entries.append({k: str(v).encode() for k, v in fields.items()})
+        os.write(self.wfd, b"x")
+
+    def fileno(self):
+        return self.rfd
+
+    def process(self):
+        os.read(self.rfd, 4096)
+        self.processed += 1
+
+    def close(self):
+        os.close(self.rfd)
+        os.close(self.wfd)
+
+
+def _reader_for(monitor, entries=()):
+    reader = FakeReader(entries)
+    for i, term in enumerate(monitors.journal_matches(monitor.unit, bool(monitor.patterns))):
+        if i:
+            reader.add_disjunction()
+        reader.add_match(*term)
+    return reader
+
+
+FORGED = [  # what any local process can log about web@2.service
+    {"MESSAGE": "fake", "PRIORITY": "3", "UNIT": "web@2.service", "_PID": "4242", "_SYSTEMD_UNIT": "session-3.scope"},
+    {"MESSAGE": "Suppressed 999 messages from web@2.service", "PRIORITY": "6", "_TRANSPORT": "journal",
+     "MESSAGE_ID": monitors.SUPPRESSED_MESSAGE_ID, "_PID": "4242", "_SYSTEMD_UNIT": "session-3.scope"},
+    {"MESSAGE": "odd", "PRIORITY": "err", "_SYSTEMD_UNIT": "web@2.service", "_PID": "77"},
+]
+
+
+def _raw(**fields):
+    return {k: str(v).encode() for k, v in fields.items()}
+
+
+def test_journal_matches_leave_out_what_cannot_count():
+    """The matches are the first filter: warnings (without patterns) and forged lines never leave libsystemd."""
+    m = monitors.JournalMonitor("web@2.service", 0, ())
+    warning = _raw(MESSAGE="slow", PRIORITY=4, _SYSTEMD_UNIT="web@2.service", _PID=77)
+    error = _raw(MESSAGE="boom", PRIORITY=3, _SYSTEMD_UNIT="web@2.service", _PID=77)
+    systemd_line = _raw(MESSAGE="web@2.service: Failed", PRIORITY=3, UNIT="web@2.service", _PID=1,
+                        _SYSTEMD_UNIT="init.scope")
+    suppressed = _raw(MESSAGE="Suppressed 37 messages from web@2.service", PRIORITY=6, _TRANSPORT="driver",
+                      MESSAGE_ID=monitors.SUPPRESSED_MESSAGE_ID, _PID=99)
+    other_unit = _raw(MESSAGE="boom", PRIORITY=3, _SYSTEMD_UNIT="web@1.service", _PID=66)
+    forged = [{k: v.encode() for k, v in e.items()} for e in FORGED]
+    reader = _reader_for(m, [warning, error, *forged, systemd_line, other_unit, suppressed])
+    seen = [e["MESSAGE"] for e in monitors.read_entries(reader, "web@2.service")]
+    assert seen == ["boom", "web@2.service: Failed", "Suppressed 37 messages from web@2.service"]
+
+    # With error patterns every line of the release is read, whatever its priority; still no forged one.
+    p = monitors.JournalMonitor("web@2.service", 0, ("slow",))
+    reader = _reader_for(p, [warning, *forged, other_unit])
+    assert [e["MESSAGE"] for e in monitors.read_entries(reader, "web@2.service")] == ["slow", "odd"]
+
+
+def test_forged_lines_do_not_count_even_past_the_matches():
+    """_count is the second filter: were the matches wider, a forged line would still not count."""
+    m = monitors.JournalMonitor("web@2.service", 0, ())
+    for i, e in enumerate(FORGED):
+        assert m.feed(e, i) is None, e
+
+
+def test_read_entries_decodes_only_the_fields_that_count():
+    ours = _raw(MESSAGE="caf\u00e9", PRIORITY=3, _SYSTEMD_UNIT="web@2.service", _PID=7, _BOOT_ID="ab" * 16,
+                _TRANSPORT="stdout", CODE_FILE="app.py", __REALTIME_TIMESTAMP=1)
+    ours["MESSAGE"] += b"\xff"
+    systemds = _raw(MESSAGE="web@2.service: Failed", PRIORITY=3, UNIT="web@2.service", _PID=1,
+                    _SYSTEMD_UNIT="init.scope", _TRANSPORT="journal", CODE_FILE="unit.c")
+    reader = FakeReader([ours, systemds])
+    reader.add_match("PRIORITY=3")
+    first, second = monitors.read_entries(reader, "web@2.service")
+    # the release's own line: where it comes from is settled by _SYSTEMD_UNIT, nothing more is read
+    assert first == {"MESSAGE": "caf\u00e9\ufffd", "PRIORITY": "3", "_SYSTEMD_UNIT": "web@2.service"}
+    assert second == {"MESSAGE": "web@2.service: Failed", "PRIORITY": "3", "UNIT": "web@2.service", "_PID": "1",
+                      "_SYSTEMD_UNIT": "init.scope", "_TRANSPORT": "journal"}
+
+
+def test_journal_monitor_reads_on_wakeup_and_trips(monkeypatch):
+    m = monitors.JournalMonitor("web@2.service", 2, ())
+    reader = _reader_for(m, [_raw(MESSAGE="early", PRIORITY=2, _SYSTEMD_UNIT="web@2.service")])
+    monkeypatch.setattr(m, "_open", lambda: reader)
+
+    async def run():
+        task = asyncio.ensure_future(m.watch())
+        for i in range(3):
+            while not task.done() and m.entries_read < i + 1:  # the monitor has read what was there
+                await asyncio.sleep(0.01)
+            if task.done():
+                break
+            reader.log(MESSAGE=f"noise {i}", PRIORITY=6, _SYSTEMD_UNIT="web@2.service")
+            reader.log(MESSAGE=f"boom {i}", PRIORITY=3, _SYSTEMD_UNIT="web@2.service")
+        return await task
+
+    trip = asyncio.run(run())
+    assert trip == "journal error rate 3/min > 2/min for web@2.service; last error: boom 1"
+    assert m.entries_read == 3 and reader.processed >= 1 and m.wakeups >= 1
+
+
+def test_journal_window_keeps_a_running_count():
+    m = monitors.JournalMonitor("web@2.service", 100, ())
+    for t in range(50):
+        m.feed(entry(f"e{t}", 3), t)
+    assert m.rate == len(m.window) == 50
+    m.feed(entry("late", 6), 90)  # everything up to t=30 has left the minute
+    assert m.rate == len(m.window) == 19

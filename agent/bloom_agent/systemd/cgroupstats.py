@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import psutil
-
 Roots = tuple[Path, ...]  # Paths.cgroup_roots: the unified hierarchy first, then the hybrid layout's
 
 
@@ -30,6 +28,9 @@ def usage(control_group: str, roots: Roots) -> dict[str, int | None]:
     pids = pids_of(control_group, roots)
     if pids is None:
         return {"memory": None, "tasks": None}
+    # Only hosts without systemd's accounting come here: psutil (1 MB) is not loaded at start-up.
+    import psutil
+
     memory = tasks = 0
     for pid in pids:
         try:

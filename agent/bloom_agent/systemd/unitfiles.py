@@ -9,15 +9,18 @@ that reboots during probation comes back on the last good release.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import jinja2
+from typing import TYPE_CHECKING, Callable
 
 from bloom_agent.config.apps import AppConfig
 from bloom_agent.config.paths import SOURCE_TEMPLATES, Paths
+
+if TYPE_CHECKING:
+    import jinja2
 
 # Different names on purpose: a drop-in in /etc hides one of the same name in /run, whereas
 # different names are all read, in file-name order, the later Service= winning.
@@ -27,6 +30,10 @@ TRIAL_DROPIN = "60-bloom-trial.conf"
 
 # The first line of every unit file the agent writes: how it knows its own from a unit it must not touch.
 MARK = "# Written by bloom-agent"
+# The last line of a unit the agent rendered: a digest of what it was made from (the app's settings,
+# the templates, this module) and of the text above it. A start-up that finds every unit current does
+# not render, so it does not load jinja2 (4 MB of the agent's memory); a hand edit is still overwritten.
+STAMP = "# bloom-agent inputs: "
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,9 @@ class UnitPaths:
     vendor: tuple[Path, ...] = ()
 
 
-def _environment(templates: tuple[Path, ...]) -> jinja2.Environment:
+def _environment(templates: tuple[Path, ...]) -> "jinja2.Environment":
+    import jinja2  # only when a unit is rendered; see STAMP
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(d) for d in templates if d.is_dir()]),
         undefined=jinja2.StrictUndefined,
@@ -134,6 +143,29 @@ def render_release_dropin(app: AppConfig, instance: str) -> str:
         f"{MARK}: the release systemd starts when a connection arrives and none runs.\n"
         f"[Socket]\nService={app.instance_unit(instance)}\n"
     )
+
+
+def _stamp(inputs: str, body: str) -> str:
+    return f"{STAMP}{hashlib.sha256((inputs + body).encode()).hexdigest()}\n"
+
+
+def _write_rendered(path: Path, inputs: str, render: Callable[[], str]) -> bool:
+    """Render and write a unit unless its stamp says it is current; whether its text (less the stamp) changed."""
+    try:
+        current = path.read_text()
+    except FileNotFoundError:
+        current = ""
+    lines = current.splitlines(keepends=True)
+    if lines and lines[-1].startswith(STAMP):
+        body = "".join(lines[:-1])
+        if lines[-1] == _stamp(inputs, body):
+            return False
+    else:
+        body = current
+    text = render()
+    text += "" if text.endswith("\n") else "\n"  # the stamp is a line of its own
+    write_if_changed(path, text + _stamp(inputs, text))
+    return text != body
 
 
 def _marked(path: Path) -> bool:
@@ -207,13 +239,24 @@ class UnitWriter:
 
     def write_app_units(self, app: AppConfig, socket: bool = True) -> tuple[bool, bool]:
         """Write the service template, and the socket unless told not to (a socket in use changes only
-        by ``bloomctl app relisten`` or a switch); returns (socket changed, service changed)."""
+        by ``bloomctl app relisten`` or a switch); returns (socket changed, service template changed):
+        whether what systemd reads changed, not the stamp line, which is a comment to systemd."""
         socket_changed = self.write_socket(app) if socket else False
-        return socket_changed, write_if_changed(self.paths.etc / app.template_unit,
-                                                render_service(app, self.paths.templates))
+        return socket_changed, _write_rendered(self.paths.etc / app.template_unit, self._inputs(app),
+                                               lambda: render_service(app, self.paths.templates))
 
     def write_socket(self, app: AppConfig) -> bool:
-        return write_if_changed(self.paths.etc / app.socket_unit, render_socket(app, self.paths.templates))
+        return _write_rendered(self.paths.etc / app.socket_unit, self._inputs(app),
+                               lambda: render_socket(app, self.paths.templates))
+
+    def _inputs(self, app: AppConfig) -> str:
+        digest = hashlib.sha256(Path(__file__).read_bytes())
+        digest.update(repr(app).encode())
+        for directory in self.paths.templates:
+            if directory.is_dir():
+                for path in sorted(p for p in directory.iterdir() if p.is_file()):
+                    digest.update(b"\0" + path.name.encode() + b"\0" + path.read_bytes())
+        return digest.hexdigest()
 
     def written_socket(self, app: AppConfig) -> str | None:
         try:
@@ -230,8 +273,13 @@ class UnitWriter:
         if text is None:
             return SocketChange((), app.listen, written=False, only_listen=False)
         old = listen_in(text)
+        lines = text.splitlines(keepends=True)
+        body = "".join(lines[:-1]) if lines and lines[-1].startswith(STAMP) else text
+        if lines and lines[-1] == _stamp(self._inputs(app), body):
+            # made from these very inputs: nothing to render (a start-up stays without jinja2)
+            return SocketChange(old, app.listen, written=True, only_listen=True)
         # The file as it would be with the old addresses: equal means nothing but the addresses changed.
-        same_rest = render_socket(dataclasses.replace(app, listen=old), self.paths.templates) == text
+        same_rest = render_socket(dataclasses.replace(app, listen=old), self.paths.templates) == body
         return SocketChange(old, app.listen, written=True, only_listen=same_rest)
 
     def dropin(self, app: AppConfig, layer: str) -> Path:

@@ -11,7 +11,6 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -126,6 +125,10 @@ async def _tasks(spec: CheckSpec, target: Target) -> tuple[bool, str]:
 
 
 async def _python(spec: CheckSpec, target: Target) -> tuple[bool, str]:
+    # Only apps with a python check need entry points: importlib.metadata (2 MB with the email
+    # package it loads) is not loaded at start-up.
+    from importlib import metadata
+
     found = [ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec.entry_point]
     if not found:
         return False, f"no entry point {spec.entry_point!r} in group {ENTRY_POINT_GROUP}"

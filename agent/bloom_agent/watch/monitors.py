@@ -84,6 +84,51 @@ def _priority(value) -> int | None:
         return None
 
 
+# The fields the journal monitor reads; the rest of an entry is never decoded. Reading every field
+# (Reader.get_next) and converting each was most of the agent's CPU while a release logged thousands
+# of lines a second. Each field read scans the entry's items again (bench/journal_read_cost.py), so a
+# line of the release, the bulk, costs three; the fields that tell journald's and systemd's own lines
+# apart are read only for the others (a release's line never has _TRANSPORT=driver).
+RELEASE_FIELDS = ("_SYSTEMD_UNIT", "PRIORITY", "MESSAGE")
+OTHER_FIELDS = ("_TRANSPORT", "MESSAGE_ID", "_PID", "UNIT")
+ERROR_PRIORITIES = ("0", "1", "2", "3")  # emerg, alert, crit, err
+# journald already coalesces its notifications (250 ms); this bounds the wake-ups when several journal
+# files change at once, for at most this much latency.
+MIN_WAKE_GAP_SEC = 0.05
+
+
+def journal_matches(unit: str, every_line: bool) -> list[list[str]]:
+    """The terms (ORed; the matches within one are ANDed) libsystemd filters the journal by, so that
+    lines that cannot count are skipped inside libsystemd instead of decoded here. Each term names a
+    trusted field (``_SYSTEMD_UNIT``, ``_PID``, ``_TRANSPORT``: journald sets them, a client cannot), and
+    ``_count`` checks every entry again. ``every_line``: error patterns need the release's lines of any
+    priority; without them only priorities err and worse can count."""
+    priorities = [] if every_line else [f"PRIORITY={p}" for p in ERROR_PRIORITIES]
+    return [[f"_SYSTEMD_UNIT={unit}", *priorities],
+            ["_PID=1", f"UNIT={unit}", *priorities],  # systemd's own messages about the unit
+            [f"MESSAGE_ID={SUPPRESSED_MESSAGE_ID}", "_TRANSPORT=driver"]]
+
+
+def _fields(reader, names: tuple[str, ...], into: dict) -> dict:
+    for name in names:
+        try:
+            value = reader._get(name)
+        except KeyError:  # the entry has no such field
+            continue
+        # bytes from python3-systemd 235; a newer one may decode for us
+        into[name] = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return into
+
+
+def read_entries(reader, unit: str):
+    """The entries after the reader's position, each as a dict of the fields ``_count`` needs (as text)."""
+    while reader._next():
+        entry = _fields(reader, RELEASE_FIELDS, {})
+        if entry.get("_SYSTEMD_UNIT") != unit:
+            _fields(reader, OTHER_FIELDS, entry)
+        yield entry
+
+
 class JournalMonitor:
     """Errors the release logs: priority err or worse, or MESSAGE matching error_patterns, per minute."""
 
@@ -96,16 +141,17 @@ class JournalMonitor:
         self.window: collections.deque[tuple[float, int]] = collections.deque()
         self.last_error = ""
         self.rate = 0  # errors in the last minute, as of the last entry read
+        self.entries_read = self.wakeups = 0
 
     def _open(self):
+        # python3-systemd's journal reader is only needed in probation: imported here, not at start-up.
         from systemd import journal
 
         reader = journal.Reader()
-        reader.add_match(_SYSTEMD_UNIT=self.unit)
-        reader.add_disjunction()
-        reader.add_match(UNIT=self.unit)  # systemd's own messages about the unit
-        reader.add_disjunction()
-        reader.add_match(MESSAGE_ID=SUPPRESSED_MESSAGE_ID)
+        for i, term in enumerate(journal_matches(self.unit, bool(self.patterns))):
+            if i:
+                reader.add_disjunction()
+            reader.add_match(*term)
         reader.seek_realtime(self.since)
         return reader
 
@@ -133,12 +179,12 @@ class JournalMonitor:
         count = self._count(entry)
         if count:
             self.window.append((now, count))
+            self.rate += count
             self.last_error = str(entry.get("MESSAGE", ""))[:200]
         while self.window and self.window[0][0] <= now - WINDOW_SEC:
-            self.window.popleft()
-        rate = self.rate = sum(n for _, n in self.window)
-        if rate > self.max_per_minute:
-            return (f"journal error rate {rate}/min > {self.max_per_minute}/min for {self.unit}; "
+            self.rate -= self.window.popleft()[1]
+        if self.rate > self.max_per_minute:
+            return (f"journal error rate {self.rate}/min > {self.max_per_minute}/min for {self.unit}; "
                     f"last error: {self.last_error}")
         return None
 
@@ -149,16 +195,28 @@ class JournalMonitor:
         loop.add_reader(reader.fileno(), readable.set)
         try:
             while True:
-                for entry in iter(reader.get_next, {}):
+                for entry in read_entries(reader, self.unit):
+                    self.entries_read += 1
                     trip = self.feed(entry, time.monotonic())
                     if trip:
                         return trip
+                last_read = loop.time()
                 readable.clear()
                 await readable.wait()
-                reader.process()  # re-arms the descriptor; the new entries are read at the top
+                self.wakeups += 1
+                gap = last_read + MIN_WAKE_GAP_SEC - loop.time()
+                if gap > 0:
+                    # Out of the loop meanwhile: the loop's readers are level-triggered, and a descriptor
+                    # not yet drained by process() would wake it again and again.
+                    loop.remove_reader(reader.fileno())
+                    await asyncio.sleep(gap)
+                    loop.add_reader(reader.fileno(), readable.set)
+                reader.process()  # drains the descriptor; the new entries are read at the top
         finally:
             loop.remove_reader(reader.fileno())
             reader.close()
+            log.info("journal monitor for %s: %d entries read in %d wake-ups", self.unit, self.entries_read,
+                     self.wakeups)
 
 
 class CheckMonitor:
