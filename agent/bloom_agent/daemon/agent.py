@@ -315,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     except BloomError as err:
         log.error("refusing to start: %s", err)
         return err.exit_code
+
     async def connect() -> Systemd:
         if args.root == Path("/"):
             return require_systemd(await systemd_adapter.connect(paths.cgroup_roots))
