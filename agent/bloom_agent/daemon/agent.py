@@ -27,6 +27,7 @@ from bloom_agent.control.protocol import Request
 from bloom_agent.control.server import ControlServer, unknown_command
 from bloom_agent.daemon import commands
 from bloom_agent.daemon import logs
+from bloom_agent.daemon.looplag import LoopLag, new_event_loop
 from bloom_agent.daemon.notify import Notifier
 from bloom_agent.database.guard import DatabaseGuard
 from bloom_agent.deploy.backups import DatabaseOperations
@@ -56,8 +57,11 @@ class Agent:
     which the D-Bus adapter needs). A test builds one under a temporary root with a fake systemd."""
 
     def __init__(self, config: config_mod.AgentConfig, paths: Paths, store: StateStore, notifier: Notifier,
-                 sock: socket.socket, connect_systemd: Callable[[], Systemd], journal: Journal = Journal()) -> None:
+                 sock: socket.socket, connect_systemd: Callable[[], Systemd], journal: Journal = Journal(),
+                 loop_lag: LoopLag | None = None) -> None:
         self.config = config
+        # what the loop-lag probe saw (None: the loop it runs in has no probe, e.g. a test's own)
+        self.loop_lag = loop_lag
         self.paths = paths
         self.store = store
         self.notifier = notifier
@@ -271,9 +275,11 @@ def main(argv: list[str] | None = None) -> int:
         connect = lambda: systemd_adapter.connect(paths.cgroup_roots)  # noqa: E731
     else:
         connect = lambda: systemd_adapter.NoSystemd(f"running under --root {args.root}")  # noqa: E731
-    agent = Agent(cfg, paths, store, Notifier(), sock, connect)
+    probe = LoopLag()
+    agent = Agent(cfg, paths, store, Notifier(), sock, connect, loop_lag=probe)
     try:
-        return asyncio.run(agent.run())
+        with asyncio.Runner(loop_factory=lambda: new_event_loop(probe)) as runner:
+            return runner.run(agent.run())
     except BloomError as err:
         log.error("%s", err)
         return err.exit_code or EXIT_ERROR
