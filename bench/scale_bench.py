@@ -52,6 +52,8 @@ APP_KEYS = {"ready_timeout_sec": 60, "stop_timeout_sec": 10, "keep_releases": 10
 # rolled back by the journal monitor, in probation, whatever the machine's speed.
 FAIL_ERRORS_PER_SEC = 50
 BATCH = 10
+# First deploys (a daemon-reload, the socket enabled and started) are set-up, not measured: fewer at once.
+FIRST_BATCH = 5
 
 
 def app_name(i: int) -> str:
@@ -100,68 +102,85 @@ def switch_round(m, current: dict[str, str], names: list[str], to: str | None = 
     return {"events": events, "wall": wall}
 
 
-def run_scale(m, args, work: Path) -> dict:
+def agent_trouble(m) -> dict:
+    """What systemd and the journal say about the agent, kept in the record when a level fails."""
+    show = m.run(["systemctl", "show", "bloom-agent", "-p", "NRestarts", "-p", "Result", "-p", "MainPID"]).stdout
+    log = m.run(["journalctl", "--no-pager", "-n", "40", "-o", "short-precise", "-u", "bloom-agent"]).stdout
+    return {"systemctl_show": show, "journal": log[-8000:]}
+
+
+def run_scale(m, args, work: Path, out: dict) -> None:
+    """Fills ``out`` level by level, so that a run that fails keeps the levels it finished."""
     install_agent(m, args.deb, scripts=("scale_drive.py",))
     for version in GOOD:
         put_release(m, work, version, {"warn_log_per_sec": args.log_rate} if args.log_rate else None, app="sample")
     put_release(m, work, FAILING, {"error_log_per_sec": FAIL_ERRORS_PER_SEC}, app="sample")
-    info = machine_facts(m)
+    out["machine"] = machine_facts(m)
     current: dict[str, str] = {}
-    levels = []
+    levels = out["levels"] = []
     for n in args.apps:
-        level_started = time.time()
-        new = [app_name(i) for i in range(len(current), n)]
-        say(f"level {n}: declaring and deploying {len(new)} app(s)")
-        declare(m, new, len(current), args.probation)
-        run(m, ["bloomctl", "reload"])
-        install_releases(m, new)
-        for i in range(0, len(new), BATCH):
-            batch = new[i:i + BATCH]
-            first = switch_round(m, {**current, **dict.fromkeys(batch, GOOD[1])}, batch, to=GOOD[0])
-            bad = [e for e in first["events"] if (e.get("result") or {}).get("outcome") != "done"]
-            if bad:
-                raise RuntimeError(f"first deploy failed: {bad[0]}")
-            current.update(dict.fromkeys(batch, GOOD[0]))
-        names = sorted(current)
-        time.sleep(args.settle)
-        say(f"level {n}: idle {args.idle_sec:g} s")
-        idle = drive(m, "idle", "--sec", str(args.idle_sec))
-        status = drive(m, "status", "--count", str(args.status_samples), "--app", names[0])
-        say(f"level {n}: {args.lone_switches} lone switches of {names[0]}")
-        lone = []
-        for _ in range(args.lone_switches):
-            lone.extend(switch_round(m, current, [names[0]])["events"])
-        width = min(BATCH, n)
-        rounds, rollback_rounds = [], []
-        for r in range(args.rounds):
-            lane = [names[(r * width + j) % n] for j in range(width)]
-            say(f"level {n}: round {r + 1}/{args.rounds}: {width} switches at once")
-            rounds.append(switch_round(m, current, lane))
-        lane = [names[(args.rounds * width + j) % n] for j in range(width)]
-        say(f"level {n}: {width} switches at once to the failing release")
-        rollback_rounds.append(switch_round(m, current, lane, to=FAILING))
-        journal = None
-        if args.journal_probation:
-            say(f"level {n}: all {n} apps switched at once, {args.journal_probation:g} s probation")
-            set_probation(m, names, args.journal_probation)
-            # each app to its other good release: all releases log, none fails
-            targets_by_version: dict[str, list[str]] = {}
-            for name in names:
-                targets_by_version.setdefault(other(current[name]), []).append(name)
-            journal = journal_phase(m, targets_by_version, args.journal_window)
-            for version, group in targets_by_version.items():
-                for name, outcome in zip(group, journal["outcomes_by_version"][version]):
-                    if outcome == "done":
-                        current[name] = version
-            set_probation(m, names, args.probation)
-        time.sleep(args.settle)
-        levels.append({"apps": n, "probation": args.probation, "idle": idle, "status": status, "lone": lone,
-                       "rounds": rounds, "rollback_rounds": rollback_rounds, "journal": journal,
-                       "sample": drive(m, "sample"), "seconds": time.time() - level_started})
+        try:
+            levels.append(run_level(m, args, n, current))
+        except Exception as exc:
+            say(f"level {n} failed: {exc}")
+            out["failed"] = {"apps": n, "error": str(exc)[-3000:], **agent_trouble(m)}
+            return
         row = analysis.level_row(levels[-1])
         say(f"level {n} done in {levels[-1]['seconds']:.0f} s: RSS {row['rss_mb']:.1f} MB, idle CPU "
             f"{fmt(pct(row['idle_cpu']), ' %', 2)}, own overhead {fmt(ms(row['lone_own_median']), ' ms')}")
-    return {"machine": info, "levels": levels}
+
+
+def run_level(m, args, n: int, current: dict[str, str]) -> dict:
+    """Apps added up to n, then the level's measurements."""
+    level_started = time.time()
+    new = [app_name(i) for i in range(len(current), n)]
+    say(f"level {n}: declaring and deploying {len(new)} app(s)")
+    declare(m, new, len(current), args.probation)
+    run(m, ["bloomctl", "reload"])
+    install_releases(m, new)
+    for i in range(0, len(new), FIRST_BATCH):
+        batch = new[i:i + FIRST_BATCH]
+        first = switch_round(m, {**current, **dict.fromkeys(batch, GOOD[1])}, batch, to=GOOD[0])
+        bad = [e for e in first["events"] if (e.get("result") or {}).get("outcome") != "done"]
+        if bad:
+            raise RuntimeError(f"first deploy failed: {bad[0]}")
+        current.update(dict.fromkeys(batch, GOOD[0]))
+    names = sorted(current)
+    time.sleep(args.settle)
+    say(f"level {n}: idle {args.idle_sec:g} s")
+    idle = drive(m, "idle", "--sec", str(args.idle_sec))
+    status = drive(m, "status", "--count", str(args.status_samples), "--app", names[0])
+    say(f"level {n}: {args.lone_switches} lone switches of {names[0]}")
+    lone = []
+    for _ in range(args.lone_switches):
+        lone.extend(switch_round(m, current, [names[0]])["events"])
+    width = min(BATCH, n)
+    rounds, rollback_rounds = [], []
+    for r in range(args.rounds):
+        lane = [names[(r * width + j) % n] for j in range(width)]
+        say(f"level {n}: round {r + 1}/{args.rounds}: {width} switches at once")
+        rounds.append(switch_round(m, current, lane))
+    lane = [names[(args.rounds * width + j) % n] for j in range(width)]
+    say(f"level {n}: {width} switches at once to the failing release")
+    rollback_rounds.append(switch_round(m, current, lane, to=FAILING))
+    journal = None
+    if args.journal_probation:
+        say(f"level {n}: all {n} apps switched at once, {args.journal_probation:g} s probation")
+        set_probation(m, names, args.journal_probation)
+        # each app to its other good release: all releases log, none fails
+        targets_by_version: dict[str, list[str]] = {}
+        for name in names:
+            targets_by_version.setdefault(other(current[name]), []).append(name)
+        journal = journal_phase(m, targets_by_version, args.journal_window)
+        for version, group in targets_by_version.items():
+            for name, outcome in zip(group, journal["outcomes_by_version"][version]):
+                if outcome == "done":
+                    current[name] = version
+        set_probation(m, names, args.probation)
+    time.sleep(args.settle)
+    return {"apps": n, "probation": args.probation, "idle": idle, "status": status, "lone": lone,
+            "rounds": rounds, "rollback_rounds": rollback_rounds, "journal": journal,
+            "sample": drive(m, "sample"), "seconds": time.time() - level_started}
 
 
 def journal_phase(m, targets_by_version: dict[str, list[str]], window: float) -> dict:
@@ -246,6 +265,10 @@ def print_report(res: dict) -> dict:
                   f"{r['threads']}, D-Bus matches {r['dbus_matches']}; lone switches {r['lone_n']}, own max "
                   f"{fmt(ms(r['lone_own_max']))} ms; longest loop stall in the concurrent rounds "
                   f"{fmt(r['loop_stall_rounds_ms'])} ms")
+        failed = res["scale"].get("failed")
+        if failed:
+            print(f"\nlevel {failed['apps']} FAILED: {failed['error'][-600:]}\n{failed['systemctl_show']}"
+                  f"agent's journal, last lines:\n{failed['journal'][-3000:]}")
         print("\nGoals (scale)")
         for g in figures["scale_goals"]:
             print(f"  [{verdict(g['met'])}] {g['goal']}: {g['value']}")
@@ -313,8 +336,11 @@ def main(argv=None) -> int:
             res["neighbours"]["scale_before"] = neighbours()
             with machine() as m:
                 part = time.time()
-                res["scale"] = run_scale(m, args, work)
-                res["scale"]["seconds"] = time.time() - part
+                res["scale"] = {}
+                try:
+                    run_scale(m, args, work, res["scale"])
+                finally:
+                    res["scale"]["seconds"] = time.time() - part
             res["neighbours"]["scale_after"] = neighbours()
         if args.longrun:
             res["neighbours"]["longrun_before"] = neighbours()

@@ -50,9 +50,18 @@ def proc_sample(pid: int) -> dict:
     def kb(key: str) -> int | None:
         return int(status[key].split()[0]) if key in status else None
 
+    kinds: dict[str, int] = {}  # what the descriptors are: a journal file or inotify means a journal reader
+    for fd in os.listdir(base / "fd"):
+        try:
+            target = os.readlink(base / "fd" / fd)
+        except OSError:
+            continue
+        kind = target.split(":", 1)[0] if ":" in target else ("journal" if "/journal/" in target else target)
+        kinds[kind] = kinds.get(kind, 0) + 1
     return {"t": time.time(), "pid": pid, "cpu_sec": (int(fields[11]) + int(fields[12])) / TICK,
             "rss_kb": kb("VmRSS"), "rss_anon_kb": kb("RssAnon"), "rss_file_kb": kb("RssFile"),
-            "hwm_kb": kb("VmHWM"), "fds": len(os.listdir(base / "fd")), "threads": len(os.listdir(base / "task"))}
+            "hwm_kb": kb("VmHWM"), "fds": sum(kinds.values()), "fd_kinds": kinds,
+            "threads": len(os.listdir(base / "task"))}
 
 
 def busctl_json(*args: str):
@@ -123,10 +132,16 @@ def loop_report() -> dict | None:
 
 
 def cmd_idle(args) -> dict:
+    """CPU over the window; and the loop's passes (its probe, read before and after), which say how
+    often something woke the agent."""
     pid = main_pid("bloom-agent")
+    loop0 = loop_report()
     first = proc_sample(pid)
     time.sleep(args.sec)
-    return {"before": first, "after": proc_sample(pid)}
+    last = proc_sample(pid)
+    loop1 = loop_report()
+    passes = loop1["iterations"] - loop0["iterations"] if loop0 and loop1 else None
+    return {"before": first, "after": last, "loop_passes": passes}
 
 
 # Round trips to the agent alone, without bloomctl's start-up (Python, click): the client library

@@ -100,6 +100,8 @@ def level_row(level: dict) -> dict:
         "dbus_matches": (level["sample"].get("dbus") or {}).get("matches"),
         "idle_cpu": cpu_share(idle["before"], idle["after"]),
         "idle_sec": idle["after"]["t"] - idle["before"]["t"],
+        # wake-ups of the agent's loop while idle (two of them are the status requests around the window)
+        "idle_passes": idle.get("loop_passes"),
         "lone_own_median": med([r["own"] for r in lone]),
         "lone_own_max": top([r["own"] for r in lone]),
         "lone_wall_median": med([r["wall"] for r in lone]),
