@@ -149,6 +149,10 @@ def run_level(m, args, n: int, current: dict[str, str]) -> dict:
     time.sleep(args.settle)
     say(f"level {n}: idle {args.idle_sec:g} s")
     idle = drive(m, "idle", "--sec", str(args.idle_sec))
+    idle_without_metrics = None
+    if args.idle_without_metrics:
+        say(f"level {n}: idle {args.idle_sec:g} s without the metrics textfile directory")
+        idle_without_metrics = drive(m, "idle", "--sec", str(args.idle_sec), "--without-metrics")
     status = drive(m, "status", "--count", str(args.status_samples), "--app", names[0])
     say(f"level {n}: {args.lone_switches} lone switches of {names[0]}")
     lone = []
@@ -178,7 +182,8 @@ def run_level(m, args, n: int, current: dict[str, str]) -> dict:
                     current[name] = version
         set_probation(m, names, args.probation)
     time.sleep(args.settle)
-    return {"apps": n, "probation": args.probation, "idle": idle, "status": status, "lone": lone,
+    return {"apps": n, "probation": args.probation, "idle": idle, "idle_without_metrics": idle_without_metrics,
+            "status": status, "lone": lone,
             "rounds": rounds, "rollback_rounds": rollback_rounds, "journal": journal,
             "sample": drive(m, "sample"), "seconds": time.time() - level_started}
 
@@ -264,7 +269,9 @@ def print_report(res: dict) -> dict:
                   f"{r['journal_outcomes']} over {fmt(r['journal_window_sec'], ' s')}; fds {r['fds']}, threads "
                   f"{r['threads']}, D-Bus matches {r['dbus_matches']}; lone switches {r['lone_n']}, own max "
                   f"{fmt(ms(r['lone_own_max']))} ms; longest loop stall in the concurrent rounds "
-                  f"{fmt(r['loop_stall_rounds_ms'])} ms")
+                  f"{fmt(r['loop_stall_rounds_ms'])} ms; idle: {r['idle_passes']} loop passes in "
+                  f"{fmt(r['idle_sec'])} s, without the metrics directory "
+                  f"{fmt(pct(r['idle_cpu_no_metrics']), ' %', 2)}")
         failed = res["scale"].get("failed")
         if failed:
             print(f"\nlevel {failed['apps']} FAILED: {failed['error'][-600:]}\n{failed['systemctl_show']}"
@@ -298,6 +305,8 @@ def main(argv=None) -> int:
     ap.add_argument("--apps", type=lambda s: [int(x) for x in s.split(",")], default=[1, 10, 25, 50],
                     help="levels, increasing (default 1,10,25,50); empty skips the scale part")
     ap.add_argument("--idle-sec", type=float, default=30)
+    ap.add_argument("--idle-without-metrics", action="store_true",
+                    help="a second idle window with node_exporter's textfile directory moved aside")
     ap.add_argument("--settle", type=float, default=3, help="seconds left between phases")
     ap.add_argument("--status-samples", type=int, default=10)
     ap.add_argument("--lone-switches", type=int, default=4)

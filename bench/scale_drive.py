@@ -29,6 +29,7 @@ from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
 DB = "/var/lib/bloom/state.db"
+METRICS_DIR = "/var/lib/prometheus/node-exporter"  # the agent's default metrics_dir
 
 
 def say(message: str) -> None:
@@ -135,13 +136,21 @@ def cmd_idle(args) -> dict:
     """CPU over the window; and the loop's passes (its probe, read before and after), which say how
     often something woke the agent."""
     pid = main_pid("bloom-agent")
-    loop0 = loop_report()
-    first = proc_sample(pid)
-    time.sleep(args.sec)
-    last = proc_sample(pid)
-    loop1 = loop_report()
+    aside = Path(METRICS_DIR + ".bench-aside")
+    if args.without_metrics and Path(METRICS_DIR).is_dir():
+        # the agent writes its textfile only where the directory exists: this window is without it
+        Path(METRICS_DIR).rename(aside)
+    try:
+        loop0 = loop_report()
+        first = proc_sample(pid)
+        time.sleep(args.sec)
+        last = proc_sample(pid)
+        loop1 = loop_report()
+    finally:
+        if aside.is_dir():
+            aside.rename(METRICS_DIR)
     passes = loop1["iterations"] - loop0["iterations"] if loop0 and loop1 else None
-    return {"before": first, "after": last, "loop_passes": passes}
+    return {"before": first, "after": last, "loop_passes": passes, "metrics_dir": not args.without_metrics}
 
 
 # Round trips to the agent alone, without bloomctl's start-up (Python, click): the client library
@@ -355,6 +364,7 @@ def main(argv=None) -> int:
     sub.add_parser("sample")
     p = sub.add_parser("idle")
     p.add_argument("--sec", type=float, default=30)
+    p.add_argument("--without-metrics", action="store_true", help="move the textfile directory aside meanwhile")
     p = sub.add_parser("status")
     p.add_argument("--count", type=int, default=10)
     p.add_argument("--app", required=True)

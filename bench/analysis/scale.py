@@ -102,6 +102,9 @@ def level_row(level: dict) -> dict:
         "idle_sec": idle["after"]["t"] - idle["before"]["t"],
         # wake-ups of the agent's loop while idle (two of them are the status requests around the window)
         "idle_passes": idle.get("loop_passes"),
+        "idle_cpu_no_metrics": cpu_share(level["idle_without_metrics"]["before"],
+                                         level["idle_without_metrics"]["after"])
+        if level.get("idle_without_metrics") else None,
         "lone_own_median": med([r["own"] for r in lone]),
         "lone_own_max": top([r["own"] for r in lone]),
         "lone_wall_median": med([r["wall"] for r in lone]),
