@@ -136,10 +136,16 @@ def cmd_idle(args) -> dict:
     """CPU over the window; and the loop's passes (its probe, read before and after), which say how
     often something woke the agent."""
     pid = main_pid("bloom-agent")
-    aside = Path(METRICS_DIR + ".bench-aside")
-    if args.without_metrics and Path(METRICS_DIR).is_dir():
-        # the agent writes its textfile only where the directory exists: this window is without it
-        Path(METRICS_DIR).rename(aside)
+    metrics = Path(METRICS_DIR)
+    removed = None
+    if args.without_metrics and metrics.is_dir():
+        # The agent writes its textfile only where the directory exists: this window is without it.
+        # Removed and made again (a rename of a directory of the machine's lower layer fails on overlayfs).
+        st = metrics.stat()
+        removed = (st.st_mode & 0o7777, st.st_uid, st.st_gid)
+        for entry in metrics.iterdir():
+            entry.unlink()
+        metrics.rmdir()
     try:
         loop0 = loop_report()
         first = proc_sample(pid)
@@ -147,8 +153,10 @@ def cmd_idle(args) -> dict:
         last = proc_sample(pid)
         loop1 = loop_report()
     finally:
-        if aside.is_dir():
-            aside.rename(METRICS_DIR)
+        if removed:
+            metrics.mkdir()
+            os.chmod(metrics, removed[0])
+            os.chown(metrics, removed[1], removed[2])
     passes = loop1["iterations"] - loop0["iterations"] if loop0 and loop1 else None
     return {"before": first, "after": last, "loop_passes": passes, "metrics_dir": not args.without_metrics}
 

@@ -158,6 +158,8 @@ def growth(rows: list[dict], key: str) -> float | None:
 
 def scale_goals(rows: list[dict]) -> list[dict]:
     """Each goal with the value measured and whether it was met (None: not measurable from this run)."""
+    if not rows:
+        return []
     ordered = sorted(rows, key=lambda r: r["apps"])
     span = f"{ordered[0]['apps']} -> {ordered[-1]['apps']} apps"
     goals = []

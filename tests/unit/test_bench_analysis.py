@@ -133,3 +133,7 @@ def test_the_curves_are_drawn_from_the_saved_record(saved, tmp_path):
     rows = [scale.level_row(level) for level in saved["scale"]["levels"]]
     path = plot.draw(rows, tmp_path / "scale.png", "saved record", scale.longrun_summary(saved["longrun"]))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_levels_no_goals():
+    assert scale.scale_goals([]) == []
