@@ -137,3 +137,14 @@ def test_the_curves_are_drawn_from_the_saved_record(saved, tmp_path):
 
 def test_no_levels_no_goals():
     assert scale.scale_goals([]) == []
+
+
+def test_a_level_with_an_idle_window_without_metrics_gives_both_shares(saved):
+    level = json.loads(json.dumps(saved["scale"]["levels"][1]))
+    idle = level["idle"]
+    level["idle_without_metrics"] = {"before": {**idle["before"], "cpu_sec": 5.0},
+                                     "after": {**idle["after"], "cpu_sec": 5.0}, "loop_passes": 20}
+    row = scale.level_row(level)
+    assert row["idle_cpu_no_metrics"] == 0.0
+    assert row["idle_cpu"] == scale.cpu_share(idle["before"], idle["after"])
+    assert scale.level_row(saved["scale"]["levels"][1])["idle_cpu_no_metrics"] is None
