@@ -86,6 +86,13 @@ def write(m, path: str, text: str) -> None:
     run(m, ["sh", "-c", 'mkdir -p "$(dirname "$1")" && cat > "$1"', "write", path], input=text)
 
 
+def app_toml(port: int, **keys) -> str:
+    """An app file for the sample app on 127.0.0.1:port, with more keys (numbers) as given."""
+    lines = [f'listen = ["127.0.0.1:{port}"]', 'exec = "bin/sampleapp"']
+    lines += [f"{key} = {value}" for key, value in keys.items()]
+    return "\n".join(lines) + "\n"
+
+
 def install_agent(m, deb: Path, scripts=("drive.py", "reqlog.lua")) -> None:
     say(f"installing {deb.name}")
     m.put(deb, "/root/")

@@ -23,8 +23,9 @@ APP = 'listen = ["127.0.0.1:{port}"]\nexec = "bin/app"\nprobation_sec = {probati
 
 
 class InProcessAgent:
-    def __init__(self, root: Path, systemd: FakeSystemd | None = None) -> None:
+    def __init__(self, root: Path, systemd: FakeSystemd | None = None, loop_lag=None) -> None:
         self.root = root
+        self.loop_lag = loop_lag
         self.config = config.load(root / "etc/bloom/agent.toml")  # absent: every default, below root
         self.paths = Paths.for_host(self.config, root)
         self.systemd = systemd or FakeSystemd()
@@ -57,7 +58,8 @@ class InProcessAgent:
         store = StateStore(self.paths.state_db, boot_id=boot_id_from(self.paths.boot_id_file))
         sock = listener.bind(self.paths.control_socket, self.config.control_group)
         self.agent = Agent(self.config, self.paths, store, Notifier({}), sock, self._systemd,
-                           Journal(monitor=FakeJournal, tail=no_journal), api_sock=api_sock)
+                           Journal(monitor=FakeJournal, tail=no_journal), api_sock=api_sock,
+                           loop_lag=self.loop_lag)
         self.task = asyncio.ensure_future(self.agent.run())
         for _ in range(200):
             if self.agent.state_text == "idle":

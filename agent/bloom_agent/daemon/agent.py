@@ -29,6 +29,7 @@ from bloom_agent.control.protocol import Request
 from bloom_agent.control.server import ControlServer, unknown_command
 from bloom_agent.daemon import commands
 from bloom_agent.daemon import logs
+from bloom_agent.daemon.looplag import LoopLag, new_event_loop
 from bloom_agent.daemon.notify import Notifier
 from bloom_agent.database.guard import DatabaseGuard
 from bloom_agent.deploy.backups import DatabaseOperations
@@ -61,8 +62,10 @@ class Agent:
     def __init__(self, config: config_mod.AgentConfig, paths: Paths, store: StateStore, notifier: Notifier,
                  sock: socket.socket, connect_systemd: Callable[[], Awaitable[Systemd]],
                  journal: Journal = Journal(), api_sock: socket.socket | None = None,
-                 credentials_dir: str | None = None) -> None:
+                 credentials_dir: str | None = None, loop_lag: LoopLag | None = None) -> None:
         self.config = config
+        # what the loop-lag probe saw (None: the loop it runs in has no probe, e.g. a test's own)
+        self.loop_lag = loop_lag
         self.paths = paths
         self.store = store
         self.notifier = notifier
@@ -321,16 +324,18 @@ def main(argv: list[str] | None = None) -> int:
             return require_systemd(await systemd_adapter.connect(paths.cgroup_roots))
         return systemd_adapter.NoSystemd(f"running under --root {args.root}")
 
+    probe = LoopLag()
     try:
         agent = Agent(cfg, paths, store, Notifier(), sock, connect, api_sock=sockets.api,
-                      credentials_dir=os.environ.get("CREDENTIALS_DIRECTORY"))
+                      credentials_dir=os.environ.get("CREDENTIALS_DIRECTORY"), loop_lag=probe)
     except ConfigError as err:
         log.error("refusing to start: %s: %s", path, err)
         log.error("the HTTPS API's socket is enabled (bloom-agent-api.socket): fix [api], or turn it off with: "
                   "systemctl disable --now bloom-agent-api.socket; systemctl restart bloom-agent")
         return EXIT_CONFIG
     try:
-        return asyncio.run(agent.run())
+        with asyncio.Runner(loop_factory=lambda: new_event_loop(probe)) as runner:
+            return runner.run(agent.run())
     except BloomError as err:
         log.error("%s", err)
         return err.exit_code or EXIT_ERROR

@@ -71,6 +71,7 @@ async def status(agent: "Agent", caller: Caller, args: dict[str, Any], progress:
             "under_systemd": agent.notifier.enabled,
             "watchdog_interval_sec": agent.notifier.watchdog_interval,
             "systemd": agent.apps.systemd_problem() or "reachable",
+            "loop": agent.loop_lag.report() if agent.loop_lag else None,
         },
         "caller": {"user": caller.user, "uid": caller.uid, "remote": caller.remote},
         "apps": list(await asyncio.gather(*(agent.apps.app_status(name) for name in sorted(agent.apps.apps)))),
