@@ -278,7 +278,10 @@ def test_an_agent_killed_during_a_migration_undoes_it_when_it_comes_back(shop):
     wait_until(lambda: shop.sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'") == "1",
                30, "the migration to be under way")
     assert "price" in shop.snapshot()[0]  # half applied
-    shop.host.check_output("systemctl kill -s KILL bloom-agent")
+    killed = shop.host.run("systemctl kill -s KILL bloom-agent")
+    # In the container systemd may fail to kill the emptied cgroup as a whole (EIO) after it has sent every
+    # process SIGKILL, and say so in its exit code: the agent is dead all the same, which _agent_back checks.
+    assert killed.rc == 0 or "Input/output error" in killed.stderr, killed.stderr
     _agent_back(shop, pid)
     record = shop.json("history shop")[0]
     assert (record["version"], record["outcome"]) == ("4.0.0", "failed")

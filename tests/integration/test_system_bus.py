@@ -11,11 +11,13 @@ WITHOUT_BUS = """
 set -u
 systemctl stop bloom-agent.service
 systemctl stop dbus.socket dbus.service
-since=$(date '+%Y-%m-%d %H:%M:%S')
+# A cursor, not a time: --since counts whole seconds, and the agent may have started and stopped
+# within the second before this one.
+cursor=$(journalctl -n 1 --show-cursor -q -o cat | sed -n 's/^-- cursor: //p')
 systemctl start bloom-agent.service; echo "start=$?"
 sleep 3  # past RestartSec=1s: a restart loop would show in NRestarts
 systemctl show bloom-agent.service -p ExecMainStatus -p NRestarts -p ActiveState
-journalctl -u bloom-agent.service --since "$since" --no-pager -o cat | sed 's/^/journal: /'
+journalctl -u bloom-agent.service --after-cursor "$cursor" --no-pager -o cat | sed 's/^/journal: /'
 systemctl start dbus.socket dbus.service
 systemctl reset-failed bloom-agent.service
 systemctl start bloom-agent.service; echo "restarted=$?"

@@ -123,9 +123,9 @@ class SystemdOnBus:
                     for j, (u, _m) in self.jobs.items()]
             return Message.new_method_return(msg, "a(usssoo)", [rows])
         if msg.member == "ListUnitsByPatterns":
-            prefix = msg.body[1][0].split("*", 1)[0]
+            prefixes = [pattern.split("*", 1)[0] for pattern in msg.body[1]]
             rows = [[u, "", "loaded", p["ActiveState"], p["SubState"], "", adapter.unit_path(u), 0, "", "/"]
-                    for u, p in self.units.items() if u.startswith(prefix)]
+                    for u, p in self.units.items() if any(u.startswith(prefix) for prefix in prefixes)]
             return Message.new_method_return(msg, "a(ssssssouso)", [rows])
         if msg.member == "Reload":
             if self.reload_gate is None:

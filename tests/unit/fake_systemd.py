@@ -88,6 +88,11 @@ class FakeSystemd:
         return [await self.status(n) for n, u in self.units.items()
                 if n.startswith(prefix) and u.active_state != "inactive"]
 
+    async def active_states(self, patterns: list[str]) -> dict[str, str]:
+        prefixes = [p.split("*", 1)[0] for p in patterns]
+        return {n: u.active_state for n, u in self.units.items()
+                if u.active_state != "inactive" and any(n.startswith(p) for p in prefixes)}
+
     async def wait_for_change(self, unit: str, timeout: float) -> bool:
         event = self._changes.setdefault(unit, asyncio.Event())
         try:

@@ -503,3 +503,29 @@ def test_install_check_validates_and_changes_nothing(tmp_path):
     assert checked["checked"] and not checked["unchanged"] and checked["version"] == "1.0.0"
     assert releases == [] and history == []
     assert list((tmp_path / "var/lib/bloom/releases/web").iterdir()) == []
+
+
+def test_metrics_read_an_apps_history_again_only_after_another_deployment_ended(tmp_path):
+    host = InProcessAgent(tmp_path)
+    host.declare("web", 8080)
+    host.declare("api", 8081)
+    (tmp_path / "var/lib/prometheus/node-exporter").mkdir(parents=True)
+
+    async def scenario():
+        await host.start()
+        await host.call("deploy", {"app": "web", "tarball": host.tarball("web", "1.0.0")})
+        store, reads = host.agent.apps.store, []
+        real = store.finished_switches
+        store.finished_switches = lambda app: reads.append(app) or real(app)
+        await host.agent.metrics.write()
+        await host.agent.metrics.write()
+        first = sorted(reads)
+        reads.clear()
+        await host.call("deploy", {"app": "web", "tarball": host.tarball("web", "2.0.0")})
+        await host.agent.metrics.write()
+        await host.stop()
+        return first, reads
+
+    first, after_deploy = run(scenario())
+    assert first == []  # read when the agent wrote the file after the first deploy; nothing ended since
+    assert after_deploy == ["web"]  # the app whose deployment ended, once, however often the file is written

@@ -86,6 +86,10 @@ def test_status_instances_and_metrics_read_the_units_properties():
         missing = await sd.status("gone@1.service")
         assert (missing.load_state, missing.active, missing.n_restarts) == ("not-found", False, 0)
         assert sorted(s.name for s in await sd.instances("web@*.service")) == ["web@1.service", "web@2.service"]
+        before = len(fake.calls)
+        assert await sd.active_states(["web@*.service", "other@*.service"]) == {
+            "web@1.service": "active", "web@2.service": "inactive", "other@1.service": "inactive"}
+        assert fake.calls[before:] == ["ListUnitsByPatterns"]  # one call for every app, no unit read alone
         # systemd says 2^64-1 when accounting is off: unknown, not a huge number
         assert await sd.unit_metrics("web@1.service") == {"memory": None, "tasks": 3}
         assert await sd.host_stopping() is False

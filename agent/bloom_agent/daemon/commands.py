@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import time
@@ -74,7 +73,7 @@ async def status(agent: "Agent", caller: Caller, args: dict[str, Any], progress:
             "loop": agent.loop_lag.report() if agent.loop_lag else None,
         },
         "caller": {"user": caller.user, "uid": caller.uid, "remote": caller.remote},
-        "apps": list(await asyncio.gather(*(agent.apps.app_status(name) for name in sorted(agent.apps.apps)))),
+        "apps": await agent.apps.app_statuses(sorted(agent.apps.apps)),
         "app_errors": agent.apps.app_errors,
     }
 

@@ -28,7 +28,7 @@ from bloom_agent.store import releases
 from bloom_agent.store import versions
 from bloom_agent.store.releases import Upload
 from bloom_agent.store.state import StateStore, seconds_between
-from bloom_agent.systemd.adapter import Systemd
+from bloom_agent.systemd.adapter import Systemd, is_running
 from bloom_agent.systemd.unitfiles import UnitWriter
 from bloom_agent.watch.checks import Target, run_check
 
@@ -534,10 +534,21 @@ class AppManager:
         return rows
 
     async def app_status(self, name: str) -> dict[str, Any]:
-        app = self.app(name)
+        return (await self.app_statuses([name]))[0]
+
+    async def app_statuses(self, names: list[str]) -> list[dict[str, Any]]:
+        """The status of each app, from one question to systemd for all of them: `bloomctl status` and
+        the metrics file ask for every app, and at fifty apps a round of calls per app showed."""
+        apps = [self.app(name) for name in names]
+        states = await self.systemd.active_states([f"{name}@*.service" for name in names])
+        return [self._app_status(app, sorted(unit for unit, active in states.items()
+                                             if unit.startswith(f"{app.name}@") and is_running(active)))
+                for app in apps]
+
+    def _app_status(self, app: AppConfig, running: list[str]) -> dict[str, Any]:
+        name = app.name
         state = self.store.app_state(name)
         holder = self._holders.get(name)
-        running = [s.name for s in await self.systemd.instances(f"{name}@*.service") if s.running]
         if holder is not None:
             text = holder.deployment.step.value if holder.deployment else holder.operation
         elif state["degraded"]:

@@ -7,7 +7,6 @@ reports the same totals. Off when the directory does not exist (no node_exporter
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +29,16 @@ class TextfileExporter:
         self.path = directory / FILE_NAME
         self.apps = apps
         self._warned = False
+        # app -> (its newest finished deployment, its finished switches): rebuilt only when one more ended,
+        # not every few seconds (at fifty apps with long histories that query was the agent's idle CPU).
+        self._history: dict[str, tuple[int | None, list[dict]]] = {}
+
+    def _finished_switches(self, app: str) -> list[dict]:
+        newest = self.apps.store.last_finished_deployment(app)
+        cached = self._history.get(app)
+        if cached is None or cached[0] != newest:
+            cached = self._history[app] = (newest, self.apps.store.finished_switches(app))
+        return cached[1]
 
     @property
     def enabled(self) -> bool:
@@ -72,13 +81,15 @@ class TextfileExporter:
         probation = Histogram("bloom_probation_duration_seconds", "Time spent in probation", ["app"],
                               buckets=DURATION_BUCKETS, registry=registry)
         names = sorted(self.apps.apps)
-        for name, status in zip(names, await asyncio.gather(*(self.apps.app_status(n) for n in names))):
+        self._history = {app: cached for app, cached in self._history.items() if app in self.apps.apps}
+        statuses = await self.apps.app_statuses(names) if names else []
+        for name, status in zip(names, statuses):
             if status["current"]:
                 release.labels(name, status["current"]).set(1)
             for each in STATES:
                 state.labels(name, each).set(1 if _state(status) == each else 0)
             errors.labels(name).set(self.apps.switcher.journal_rates.get(name, 0))
-            for row in self.apps.store.finished_switches(name):
+            for row in self._finished_switches(name):
                 deployments.labels(name, row["action"], row["outcome"]).inc()
                 seconds = max(seconds_between(row["started_at"], row["finished_at"]), 0.0)
                 durations.labels(name, row["action"], row["outcome"]).observe(seconds)

@@ -264,6 +264,11 @@ class StateStore:
             "SELECT version, from_version FROM deployments WHERE app = ? AND action IN ('switch', 'rollback') "
             "AND outcome = 'done' ORDER BY id DESC", (app,))]
 
+    def last_finished_deployment(self, app: str) -> int | None:
+        """The id of the app's newest deployment that ended (ids only grow; pruning removes old ones only)."""
+        return self._db.execute("SELECT MAX(id) FROM deployments WHERE app = ? AND finished_at IS NOT NULL",
+                                (app,)).fetchone()[0]
+
     def finished_switches(self, app: str) -> list[dict]:
         """Switches and rollbacks that ended, oldest first, with the time each spent in probation."""
         return [dict(r) for r in self._db.execute(

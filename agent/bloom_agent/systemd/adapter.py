@@ -36,6 +36,11 @@ UNCLAIMED_JOBS = 256
 RECONNECT_DELAYS_SEC = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
+def is_running(active_state: str) -> bool:
+    """Has processes or is getting them: anything but stopped (inactive) or given up (failed)."""
+    return active_state not in ("inactive", "failed")
+
+
 @dataclass(frozen=True)
 class UnitStatus:
     name: str
@@ -53,8 +58,7 @@ class UnitStatus:
 
     @property
     def running(self) -> bool:
-        """Has processes or is getting them: anything but stopped (inactive) or given up (failed)."""
-        return self.active_state not in ("inactive", "failed")
+        return is_running(self.active_state)
 
     def describe(self) -> str:
         text = f"{self.name} is {self.active_state} ({self.sub_state})"
@@ -76,6 +80,7 @@ class Systemd(Protocol):
     async def disable(self, unit: str) -> None: ...
     async def status(self, unit: str) -> UnitStatus: ...
     async def instances(self, pattern: str) -> list[UnitStatus]: ...
+    async def active_states(self, patterns: list[str]) -> dict[str, str]: ...
     async def unit_metrics(self, unit: str) -> dict[str, int | None]: ...
     async def host_stopping(self) -> bool: ...
     async def wait_for_change(self, unit: str, timeout: float) -> bool: ...
@@ -97,6 +102,9 @@ class NoSystemd:
 
     async def instances(self, pattern: str) -> list[UnitStatus]:
         return []
+
+    async def active_states(self, patterns: list[str]) -> dict[str, str]:
+        return {}
 
     async def host_stopping(self) -> bool:
         return False
@@ -375,6 +383,14 @@ class DbusSystemd:
     async def instances(self, pattern: str) -> list[UnitStatus]:
         [listed] = await self._call(MANAGER_PATH, MANAGER, "ListUnitsByPatterns", "asas", [[], [pattern]])
         return list(await asyncio.gather(*(self.status(row[0]) for row in listed)))
+
+    async def active_states(self, patterns: list[str]) -> dict[str, str]:
+        """Unit name -> ActiveState for every loaded unit matching any of the patterns: one call, however
+        many apps and releases (the list carries each unit's state, so no unit is read on its own)."""
+        if not patterns:
+            return {}
+        [listed] = await self._call(MANAGER_PATH, MANAGER, "ListUnitsByPatterns", "asas", [[], list(patterns)])
+        return {row[0]: row[3] for row in listed}
 
     async def wait_for_change(self, unit: str, timeout: float) -> bool:
         """Wait until systemd reports a property change on ``unit``, or ``timeout``; True if it changed."""
