@@ -212,6 +212,9 @@ def main() -> int:
     parser.add_argument("--switches", type=int, default=20)
     parser.add_argument("--apps", type=int, default=10)
     parser.add_argument("--json", type=Path, help="the agent part's raw record and figures")
+    parser.add_argument("--slow-callbacks", type=float, metavar="MS",
+                        help="run the agent with asyncio's debug mode and print the loop callbacks that took "
+                             "longer than MS (debug mode slows the agent: its figures are not the agent's)")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--inside-agent", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("names", nargs="*", help=argparse.SUPPRESS)
@@ -229,12 +232,20 @@ def main() -> int:
         m.run(f"for i in $(seq {args.units}); do printf '[Service]\\nExecStart=/bin/true\\n' "
               f"> /etc/systemd/system/bench-dummy-$i.service; done", check=True)
         say(f"{args.units} dummy units; {args.rounds} reloads each way")
+        if args.slow_callbacks:
+            m.run("mkdir -p /etc/systemd/system/bloom-agent.service.d && printf '[Service]\\nEnvironment="
+                  f"PYTHONASYNCIODEBUG=1 BLOOM_SLOW_CALLBACK_MS={args.slow_callbacks}\\n' "
+                  "> /etc/systemd/system/bloom-agent.service.d/debug.conf && systemctl daemon-reload && "
+                  "systemctl restart bloom-agent", check=True)
         code = run_itself_inside(m, __file__, ["--rounds", str(args.rounds)]) if args.rounds else 0
         if args.switches:
             raw = run_agent_part(m, args, say)
             figures = report_agent_part(raw)
             if args.json:
                 args.json.write_text(json.dumps({"raw": raw, "figures": figures}, indent=1) + "\n")
+        if args.slow_callbacks:
+            print(m.run("journalctl -u bloom-agent -o cat --no-pager | grep -E '^Executing .* took' | sort | uniq -c "
+                        "| sort -rn | head -40").stdout)
     print(f"run time: {time.time() - started:.0f} s")
     return code
 

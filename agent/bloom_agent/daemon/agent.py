@@ -96,6 +96,8 @@ class Agent:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        if loop.get_debug():  # PYTHONASYNCIODEBUG=1: name what holds the loop (bench/reload_stall.py --slow-callbacks)
+            loop.slow_callback_duration = float(os.environ.get("BLOOM_SLOW_CALLBACK_MS", "100")) / 1000
         for sig in HANDLED_SIGNALS:
             # Handlers only queue; all work happens in the loop below.
             loop.add_signal_handler(sig, self._signals.put_nowait, sig)
