@@ -255,6 +255,19 @@ def test_an_extended_header_too_large_to_read_is_refused_before_it_is_read(app, 
     assert gzip.decompress(path.read_bytes())  # a valid archive, refused for what it holds
 
 
+def test_a_decompression_bomb_is_refused_by_its_expansion_and_a_small_release_that_compresses_well_is_not(
+        app, tmp_path, monkeypatch):
+    monkeypatch.setattr(releases, "EXPANSION_FLOOR_BYTES", 32 * 1024)
+    zeros = b"\0" * (96 * 1024)  # under max_release_bytes; gzip makes a few hundred bytes of it
+    bomb = make_tar(tmp_path / "bomb.tar.gz", GOOD + [("static/zeros", zeros, tarfile.REGTYPE, 0o644, "")])
+    assert bomb.stat().st_size * releases.MAX_EXPANSION < len(zeros)
+    with pytest.raises(releases.InstallError, match=r"unpacks to more than 200 times its own size .*decompression bomb"):
+        install(app, bomb, "1.0.0", None)
+    assert list(app.releases_dir.iterdir()) == []
+    small = make_tar(tmp_path / "small.tar.gz", GOOD + [("static/zeros", zeros[:16 * 1024], tarfile.REGTYPE, 0o644, "")])
+    install(app, small, "1.0.1", None)  # below the floor: compresses as well, and is no danger
+
+
 def test_an_archive_with_too_many_members_is_refused(app, tmp_path, monkeypatch):
     monkeypatch.setattr(releases, "MAX_MEMBERS", 10)
     members = GOOD + [(f"static/{i}.txt", b"", tarfile.REGTYPE, 0o644, "") for i in range(10)]

@@ -92,6 +92,12 @@ MAX_HEADER_BYTES = 1024 * 1024
 MAX_MEMBERS = 100_000
 # Free space is checked again each time this much more has been unpacked.
 SPACE_CHECK_BYTES = 64 * 1024 * 1024
+# A decompression bomb: more than this many bytes unpacked for each byte of the archive, once past the
+# floor (small releases of text compress well and are no danger). Builds give 3-20x; gzip tops out
+# near 1,000x, and zstd or xz can go far beyond: this stops a small upload from filling the disk up to
+# max_release_bytes.
+MAX_EXPANSION = 200
+EXPANSION_FLOOR_BYTES = 64 * 1024 * 1024
 _HEADER_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
                  tarfile.SOLARIS_XHDTYPE)
 
@@ -188,6 +194,8 @@ def unpack(tarball: Path, dest: Path, max_bytes: int, strip: int = 0, name: str 
     total = checked_at = 0
     name = name or tarball.name
     with open(tarball, "rb") as fh:
+        packed = os.fstat(fh.fileno()).st_size
+        allowed = max(EXPANSION_FLOOR_BYTES, MAX_EXPANSION * packed)
         try:
             archive = _open_stream(name, fh)
             with archive:
@@ -222,6 +230,13 @@ def unpack(tarball: Path, dest: Path, max_bytes: int, strip: int = 0, name: str 
                             raise InstallError(
                                 f"release is larger than max_release_bytes ({max_bytes} bytes) once unpacked",
                                 hint="raise max_release_bytes in the app file if this size is expected",
+                            )
+                        if total > allowed:
+                            raise InstallError(
+                                f"{name} unpacks to more than {MAX_EXPANSION} times its own size ({_size(total)} "
+                                f"from {_size(packed)}): a decompression bomb, not a release; refused",
+                                hint="if it is a real release, pack its padding or generated data otherwise, "
+                                     "or ship that data beside the release",
                             )
                         target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
                         source = archive.extractfile(member)
