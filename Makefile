@@ -17,7 +17,8 @@ PY_VERSION     = $(shell sed -n 's/^version *= *"\([^"]*\)".*/\1/p' pyproject.to
 # The unit tests run at build time (dh_auto_test) on what the tree holds: the tests, the sample app and
 # the reference generator they check; the integration suite is there for the autopkgtest.
 DEB_SOURCES   := pyproject.toml agent units conf docs tests/conftest.py tests/machine.py tests/unit \
-                 tests/integration examples/sampleapp examples/grafana scripts/config_reference.py \
+                 tests/integration tests/data bench/analysis examples/sampleapp examples/grafana \
+                 scripts/config_reference.py \
                  $(wildcard README.md LICENSE setup.cfg MANIFEST.in)
 DEB_BUILD_ROOT:= build/deb
 DEB_SRC_DIR    = $(DEB_BUILD_ROOT)/$(DEB_PACKAGE)-$(DEB_VERSION)
