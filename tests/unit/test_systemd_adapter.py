@@ -85,7 +85,11 @@ def test_status_instances_and_metrics_read_the_units_properties():
         assert status == adapter.UnitStatus("web@1.service", "loaded", "active", "running", "exit-code", 2, 42, 3)
         missing = await sd.status("gone@1.service")
         assert (missing.load_state, missing.active, missing.n_restarts) == ("not-found", False, 0)
-        assert sorted(s.name for s in await sd.instances("web@*.service")) == ["web@1.service", "web@2.service"]
+        before = len(fake.calls)
+        listed = sorted(await sd.instances("web@*.service"), key=lambda s: s.name)
+        assert listed == [status, adapter.UnitStatus("web@2.service", "loaded", "inactive", "dead", "success", 0, 0, 0)]
+        # the list's states, and each service's four properties: no unit's states read again
+        assert sorted(fake.calls[before:]) == ["Get"] * 8 + ["ListUnitsByPatterns"]
         before = len(fake.calls)
         assert await sd.active_states(["web@*.service", "other@*.service"]) == {
             "web@1.service": "active", "web@2.service": "inactive", "other@1.service": "inactive"}

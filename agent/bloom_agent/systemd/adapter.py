@@ -346,14 +346,18 @@ class DbusSystemd:
         return {name: value[0].value for name, value in zip(names, values)}
 
     async def status(self, unit: str) -> UnitStatus:
-        path = unit_path(unit)
-        u = await self._properties(path, UNIT, ("LoadState", "ActiveState", "SubState"))
+        u = await self._properties(unit_path(unit), UNIT, ("LoadState", "ActiveState", "SubState"))
+        return await self._with_service(unit, u["LoadState"], u["ActiveState"], u["SubState"])
+
+    async def _with_service(self, unit: str, load: str, active: str, sub: str) -> UnitStatus:
+        """The unit's status from its states (read, or listed by ListUnitsByPatterns) and, for a loaded
+        service, the service's own properties."""
         s = {"Result": "", "NRestarts": 0, "MainPID": 0, "ExecMainStatus": 0}
-        if unit.endswith(".service") and u["LoadState"] == "loaded":
-            s = await self._properties(path, SERVICE, tuple(s))
-        return UnitStatus(name=unit, load_state=u["LoadState"], active_state=u["ActiveState"],
-                          sub_state=u["SubState"], result=s["Result"], n_restarts=int(s["NRestarts"]),
-                          main_pid=int(s["MainPID"]), exec_main_status=int(s["ExecMainStatus"]))
+        if unit.endswith(".service") and load == "loaded":
+            s = await self._properties(unit_path(unit), SERVICE, tuple(s))
+        return UnitStatus(name=unit, load_state=load, active_state=active, sub_state=sub, result=s["Result"],
+                          n_restarts=int(s["NRestarts"]), main_pid=int(s["MainPID"]),
+                          exec_main_status=int(s["ExecMainStatus"]))
 
     async def host_stopping(self) -> bool:
         """Is the host shutting down? Then units stop because of it, not because they fail."""
@@ -382,7 +386,8 @@ class DbusSystemd:
 
     async def instances(self, pattern: str) -> list[UnitStatus]:
         [listed] = await self._call(MANAGER_PATH, MANAGER, "ListUnitsByPatterns", "asas", [[], [pattern]])
-        return list(await asyncio.gather(*(self.status(row[0]) for row in listed)))
+        # Each row carries the unit's load, active and sub state: only a service's own properties are read.
+        return list(await asyncio.gather(*(self._with_service(row[0], row[2], row[3], row[4]) for row in listed)))
 
     async def active_states(self, patterns: list[str]) -> dict[str, str]:
         """Unit name -> ActiveState for every loaded unit matching any of the patterns: one call, however
