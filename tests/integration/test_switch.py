@@ -217,8 +217,20 @@ BAD_TARBALLS = {
 @pytest.mark.parametrize("case", sorted(BAD_TARBALLS))
 def test_bad_tarball_is_refused_and_changes_nothing(app, case, tmp_path):
     members, message = BAD_TARBALLS[case]
+    _refused_and_nothing_changed(app, tmp_path, _tar_bytes(members), message)
+
+
+def test_a_decompression_bomb_is_refused_and_changes_nothing(app, tmp_path):
+    # 80 MiB of zeros in about 80 KB of gzip (a thousand to one): past the 64 MiB below which any archive
+    # may expand as it likes, and well under max_release_bytes (2 GiB)
+    bomb = _tar_bytes([_member("bin/sampleapp", b"#!/bin/sh\n"), _member("data/pad", bytes(80 * 1024 * 1024))])
+    assert len(bomb) < 1024 * 1024
+    _refused_and_nothing_changed(app, tmp_path, bomb, "unpacks to more than 200 times its own size")
+
+
+def _refused_and_nothing_changed(app, tmp_path, tarball: bytes, message: str) -> None:
     local = tmp_path / "web-9.0.0.tar.gz"
-    local.write_bytes(_tar_bytes(members))
+    local.write_bytes(tarball)
     app.machine.put(local, "/root/releases/web-9.0.0.tar.gz")
     before = (app.releases(), app.host.check_output("ls -a /var/lib/bloom/releases/web"))
     out = app.bloomctl("install web /root/releases/web-9.0.0.tar.gz")
